@@ -1,0 +1,66 @@
+"""Audio decoding: any file libsndfile reads (wav, flac, ogg, mp3) to 16 kHz mono float32.
+
+We decode with soundfile (its wheel bundles libsndfile with mp3 support) and resample with
+soxr, instead of going through ``datasets.Audio``: datasets 5.x decodes through torchcodec,
+which needs a matching torch build and FFmpeg shared libraries, and is slower for short clips.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import numpy as np
+
+SAMPLING_RATE = 16_000
+
+
+class AudioDecodeError(Exception):
+    """The clip cannot be decoded; the message says which file and why."""
+
+
+def audio_reference(audio: Any) -> str:
+    """A printable name for an audio cell (a path, or a Hub row's file name)."""
+    if isinstance(audio, dict):
+        return audio.get("path") or "<in-memory audio>"
+    return str(audio)
+
+
+def decode_audio(audio: Any, sampling_rate: int = SAMPLING_RATE) -> np.ndarray:
+    """Decode an audio cell to a mono float32 waveform at ``sampling_rate``.
+
+    ``audio`` is a file path, or a ``{"bytes": ..., "path": ...}`` dict as ``datasets.Audio``
+    stores it with ``decode=False`` (Hub datasets), or an already decoded
+    ``{"array": ..., "sampling_rate": ...}`` dict.
+    """
+    import soundfile
+
+    try:
+        if isinstance(audio, dict) and audio.get("array") is not None:
+            waveform = np.asarray(audio["array"], dtype=np.float32)
+            source_rate = int(audio["sampling_rate"])
+        else:
+            if isinstance(audio, dict):
+                source = io.BytesIO(audio["bytes"]) if audio.get("bytes") else audio.get("path")
+            else:
+                source = audio
+            if source is None:
+                raise AudioDecodeError("empty audio cell")
+            waveform, source_rate = soundfile.read(source, dtype="float32", always_2d=True)
+            waveform = waveform.mean(axis=1) if waveform.shape[1] > 1 else waveform[:, 0]
+    except AudioDecodeError:
+        raise
+    except Exception as err:  # soundfile raises LibsndfileError, RuntimeError, OSError...
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise AudioDecodeError(f"{audio_reference(audio)}: {reason}") from None
+    if waveform.ndim != 1:
+        waveform = waveform.mean(axis=-1) if waveform.ndim == 2 else waveform.reshape(-1)
+    if waveform.size == 0:
+        raise AudioDecodeError(f"{audio_reference(audio)}: no samples")
+    if not np.all(np.isfinite(waveform)):
+        raise AudioDecodeError(f"{audio_reference(audio)}: contains NaN or infinite samples")
+    if source_rate != sampling_rate:
+        import soxr
+
+        waveform = soxr.resample(waveform, source_rate, sampling_rate, quality="HQ")
+    return np.ascontiguousarray(waveform, dtype=np.float32)

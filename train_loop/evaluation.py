@@ -1,0 +1,139 @@
+"""Batched autoregressive evaluation: generate, gather from every process once, score.
+
+Separate from training in every way that matters for speed: its own batch size, clips sorted
+by length so a batch finishes together, the KV cache on, no gradient, and a capped generation
+length. Each process transcribes its own share; predictions travel as (id, text) pairs and
+are merged by id, so padding a process's last batch can never count a clip twice.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from accelerate.utils import gather_object
+
+from .data import EvalSet, SkipReport, is_empty_batch
+from .logger import progress_bar
+from .metrics import error_rates, utterance_errors
+
+PROMPT_TOKENS = 4  # <|startoftranscript|><|lang|><|task|><|notimestamps|>
+MAX_DECODER_POSITIONS = 448
+
+
+@dataclass
+class GenerationSettings:
+    language: str
+    task: str
+    max_length: int  # tokens generated after the prompt (Whisper's generate(max_length=...))
+    num_beams: int = 1
+
+    def generate_kwargs(self) -> dict[str, Any]:
+        return {"language": self.language, "task": self.task, "num_beams": self.num_beams,
+                "max_length": min(self.max_length, MAX_DECODER_POSITIONS - PROMPT_TOKENS),
+                "use_cache": True}
+
+
+def transcribe(model, eval_set: EvalSet, tokenizer, settings: GenerationSettings, accelerator,
+               synced_gpus: bool = False, show_progress: bool = True
+               ) -> tuple[list[dict[str, str]], SkipReport]:
+    """This process's predictions, [{"id", "reference", "prediction"}], not yet gathered, and
+    the rows a stream skipped on the way (prepared sets report theirs when prepared)."""
+    unwrapped = accelerator.unwrap_model(model)
+    was_training = unwrapped.training
+    unwrapped.eval()
+    results: list[dict[str, str]] = []
+    stream_report = SkipReport(split=eval_set.split)
+    bar = progress_bar(eval_set.clips_for_process, f"eval {eval_set.split}",
+                       enabled=show_progress and accelerator.is_main_process, unit="clip")
+    kwargs = settings.generate_kwargs()
+    if synced_gpus:
+        kwargs["synced_gpus"] = True
+    try:
+        for batch in eval_set.loader:
+            if "skipped" in batch:
+                stream_report.merge(batch["skipped"])
+            if is_empty_batch(batch):
+                continue
+            features = batch["input_features"].to(accelerator.device, non_blocking=True)
+            with torch.no_grad(), accelerator.autocast():
+                tokens = unwrapped.generate(input_features=features, **kwargs)
+            texts = tokenizer.batch_decode(tokens, skip_special_tokens=True)
+            for clip_id, reference, prediction in zip(batch["ids"], batch["texts"], texts):
+                results.append({"id": clip_id, "reference": reference, "prediction": prediction.strip()})
+            bar.update(len(texts))
+    finally:
+        bar.close()
+        unwrapped.train(was_training)
+    return results, stream_report
+
+
+def gather_predictions(results: list[dict[str, str]], accelerator) -> list[dict[str, str]]:
+    """Every process's predictions, each clip exactly once, in a stable order (by id)."""
+    everything = gather_object(results) if accelerator.num_processes > 1 else results
+    unique: dict[str, dict[str, str]] = {}
+    for row in everything:
+        unique.setdefault(row["id"], row)
+    return [unique[key] for key in sorted(unique)]
+
+
+def score(predictions: list[dict[str, str]], normalizer: Callable[[str], str]) -> dict[str, Any]:
+    references = [row["reference"] for row in predictions]
+    hypotheses = [row["prediction"] for row in predictions]
+    return error_rates(references, hypotheses, normalizer)
+
+
+def write_predictions(path: str, predictions: list[dict[str, str]], normalizer: Callable[[str], str]) -> None:
+    """One JSON line per clip: raw and normalized reference/prediction and its word errors."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".tmp", "w", encoding="utf-8") as handle:
+        for row in predictions:
+            reference, prediction = normalizer(row["reference"]), normalizer(row["prediction"])
+            errors, words = utterance_errors(reference, prediction)
+            handle.write(json.dumps({
+                "id": row["id"], "reference": row["reference"], "prediction": row["prediction"],
+                "reference_normalized": reference, "prediction_normalized": prediction,
+                "word_errors": errors, "reference_words": words}, ensure_ascii=False) + "\n")
+    os.replace(path + ".tmp", path)
+
+
+def evaluate(model, eval_set: EvalSet, tokenizer, settings: GenerationSettings, accelerator,
+             normalizer: Callable[[str], str], predictions_path: str | None,
+             synced_gpus: bool = False, show_progress: bool = True) -> dict[str, Any]:
+    """Generate on every process, merge, score on the main process, share the result.
+
+    Returns {"wer", "cer", "wer_raw", "samples", "empty_references", "seconds", ...}; the
+    same dict on every process (so every process agrees on the best checkpoint).
+    """
+    start = time.perf_counter()
+    local, stream_report = transcribe(model, eval_set, tokenizer, settings, accelerator,
+                                      synced_gpus, show_progress)
+    predictions = gather_predictions(local, accelerator)
+    if eval_set.streaming:  # what the stream skipped this time, summed over processes
+        reports = gather_object([stream_report]) if accelerator.num_processes > 1 else [stream_report]
+        eval_set.report = SkipReport(split=eval_set.split)
+        for report in reports:
+            eval_set.report.merge(report)
+    result: dict[str, Any] = {}
+    if accelerator.is_main_process:
+        result = score(predictions, normalizer)
+        if predictions_path:
+            write_predictions(predictions_path, predictions, normalizer)
+    result = _broadcast(result, accelerator)
+    result["seconds"] = time.perf_counter() - start
+    result["samples_per_second"] = result["samples"] / max(result["seconds"], 1e-9)
+    return result
+
+
+def _broadcast(value: dict[str, Any], accelerator) -> dict[str, Any]:
+    if accelerator.num_processes == 1:
+        return value
+    from accelerate.utils import broadcast_object_list
+
+    holder = [value]
+    broadcast_object_list(holder, from_process=0)
+    return holder[0]

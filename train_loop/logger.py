@@ -1,0 +1,141 @@
+"""Run logging: console lines flushed at once, train.log, metrics.jsonl and TensorBoard.
+
+The 2022 event scripts printed training logs through a block-buffered stdout, so under
+``| tee`` they appeared only in bursts at evaluation time. Here stdout is line-buffered and
+every line is flushed as it is written; progress bars go to stderr (and only to a terminal),
+so piped logs hold clean lines.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import math
+import os
+import sys
+import time
+from typing import Any
+
+from tqdm.auto import tqdm
+
+
+def make_line_buffered() -> None:
+    """Flush stdout at every newline, also when it is a pipe or a file."""
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(line_buffering=True)
+
+
+class _KnownNoise(logging.Filter):
+    """Drop library warnings that are harmless here and would repeat in every run's log."""
+
+    MESSAGES = (
+        # accelerate saves tied embeddings once; from_pretrained re-ties them on load.
+        "Removed shared tensor",
+        # Whisper's own generate() passes its suppress lists next to a generation config.
+        "Passing `generation_config` together with generation-related arguments",
+        # Decoder prompts are never padded in our batches (every clip has the same prompt).
+        "The attention mask is not set with a batched input",
+    )
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(noise in message for noise in self.MESSAGES)
+
+
+def quiet_library_output() -> None:
+    """Filter known-harmless warnings; without a terminal, no library progress bars either
+    (they would fill log files with carriage returns)."""
+    from transformers.utils import logging as transformers_logging
+
+    noise = _KnownNoise()
+    # Logger filters see only records logged on that very logger; handler filters see the
+    # records that propagate to it. transformers has its own handler, accelerate does not.
+    logging.getLogger("accelerate.utils.other").addFilter(noise)
+    for handler in logging.getLogger("transformers").handlers:
+        handler.addFilter(noise)
+    if not sys.stderr.isatty():
+        import datasets
+
+        datasets.disable_progress_bars()
+        transformers_logging.disable_progress_bar()
+
+
+def progress_bar(total: int | None, desc: str, enabled: bool, initial: int = 0, unit: str = "it"):
+    """A tqdm bar on stderr, drawn only when stderr is a terminal (no \\r junk in log files)."""
+    return tqdm(total=total, initial=initial, desc=desc, unit=unit, dynamic_ncols=True,
+                file=sys.stderr, disable=not enabled or not sys.stderr.isatty(), leave=False)
+
+
+def format_duration(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    seconds = int(round(seconds))
+    days, rest = divmod(seconds, 86400)
+    text = str(datetime.timedelta(seconds=rest))
+    return f"{days}d {text}" if days else text
+
+
+def _step_of(line: str) -> int | None:
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return None  # a line cut short by a crash
+
+
+class RunLogger:
+    """Writes what the main process reports; other processes stay silent."""
+
+    def __init__(self, output_dir: str, is_main: bool, accelerator=None, resume_step: int | None = None):
+        self.is_main = is_main
+        self.accelerator = accelerator
+        self.metrics_path = os.path.join(output_dir, "metrics.jsonl")
+        self._console = None
+        self._metrics = None
+        if is_main:
+            os.makedirs(output_dir, exist_ok=True)
+            if resume_step is not None:
+                self.dropped_lines = self._truncate_metrics(resume_step)
+            self._console = open(os.path.join(output_dir, "train.log"), "a", encoding="utf-8")
+            self._metrics = open(self.metrics_path, "a", encoding="utf-8")
+
+    def info(self, message: str) -> None:
+        if not self.is_main:
+            return
+        tqdm.write(message, file=sys.stdout)  # keeps an active progress bar intact
+        sys.stdout.flush()
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        for line in message.splitlines() or [""]:
+            self._console.write(f"[{stamp}] {line}\n")
+        self._console.flush()
+
+    def metrics(self, values: dict[str, Any], step: int) -> None:
+        """One JSON line per record and the same numbers to the experiment tracker."""
+        if self.accelerator is not None and self.accelerator.trackers:
+            numeric = {k: v for k, v in values.items() if isinstance(v, (int, float)) and k != "step"}
+            self.accelerator.log(numeric, step=step)
+        if not self.is_main:
+            return
+        record = {"step": step, **values, "time": round(time.time(), 3)}
+        self._metrics.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self._metrics.flush()
+
+    def _truncate_metrics(self, resume_step: int) -> int:
+        """On resume, drop lines a crashed run logged after its last checkpoint: they are
+        recomputed, and keeping both would show each of those steps twice."""
+        if not os.path.exists(self.metrics_path):
+            return 0
+        with open(self.metrics_path, encoding="utf-8") as handle:
+            lines = handle.readlines()
+        kept = [line for line in lines if _step_of(line) is not None and _step_of(line) <= resume_step]
+        with open(self.metrics_path + ".tmp", "w", encoding="utf-8") as handle:
+            handle.writelines(kept)
+        os.replace(self.metrics_path + ".tmp", self.metrics_path)
+        return len(lines) - len(kept)
+
+    def close(self) -> None:
+        for handle in (self._console, self._metrics):
+            if handle is not None:
+                handle.close()
+        self._console = self._metrics = None

@@ -1,0 +1,280 @@
+"""The training loop, readable top to bottom.
+
+One optimizer step = ``gradient_accumulation_steps`` micro-batches on every process. Its loss is
+the sum of token cross-entropies divided by the number of label tokens in the *whole* step (all
+micro-batches, all processes), so batch 4, batch 2 x accumulation 2 and 2 processes x batch 2
+produce the same gradient even when transcripts differ in length. (Averaging per micro-batch
+and then over micro-batches, the bug transformers fixed in 2024, weights short transcripts up.)
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+from .checkpoint import (TrainerState, is_improvement, rotate_checkpoints, save_checkpoint,
+                         write_best_pointer)
+from .collator import IGNORE_INDEX
+from .config import TrainConfig
+from .data import EvalSet, TrainBatches
+from .evaluation import GenerationSettings, evaluate
+from .logger import RunLogger, format_duration, progress_bar
+from .schedule import LRSchedule
+
+
+@dataclass
+class Run:
+    """Everything the loop touches, built by ``main``."""
+
+    config: TrainConfig
+    accelerator: Any
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    schedule: LRSchedule
+    processor: Any
+    train_batches: TrainBatches
+    eval_set: EvalSet | None
+    normalizer: Callable[[str], str]
+    generation: GenerationSettings
+    logger: RunLogger
+    state: TrainerState
+    manifest: dict[str, Any]
+    synced_gpus: bool = False  # generation under ZeRO-3 must step all processes together
+    stop_requested: Callable[[], bool] = lambda: False
+    start_step: int = 0  # where this process started (after a resume), for the ETA
+    seconds_this_run: float = 0.0  # training time since start_step
+
+
+def train(run: Run) -> None:
+    cfg, accelerator, state = run.config, run.accelerator, run.state
+    max_steps = run.schedule.total_steps
+    accumulation = cfg.training.gradient_accumulation_steps
+    if cfg.eval.eval_at_start and state.step == 0 and run.eval_set is not None:
+        run_evaluation(run, run.eval_set, prefix="eval")
+
+    window = LogWindow(accelerator.device)
+    bar = progress_bar(max_steps, "train", enabled=accelerator.is_main_process, initial=state.step, unit="step")
+    last_eval_seconds = 0.0
+    while state.step < max_steps:
+        micro_batches = [next(run.train_batches) for _ in range(accumulation)]
+        learning_rate = run.optimizer.param_groups[0]["lr"]
+        loss_sum, tokens, grad_norm = optimizer_step(run, micro_batches)
+
+        state.step += 1
+        state.epoch, state.batches_in_epoch = run.train_batches.epoch, run.train_batches.batches_done
+        samples = sum(len(batch["ids"]) for batch in micro_batches) * accelerator.num_processes
+        state.samples_seen += samples
+        window.add(loss_sum, tokens, samples)
+        bar.update(1)
+
+        if state.step % cfg.training.logging_steps == 0 or state.step == max_steps:
+            seconds = window.seconds()
+            state.train_seconds += seconds
+            run.seconds_this_run += seconds
+            log_training(run, window, learning_rate, grad_norm, max_steps, last_eval_seconds)
+            window = LogWindow(accelerator.device)
+
+        new_best = False
+        if _due(state.step, cfg.eval.eval_steps, max_steps) and run.eval_set is not None:
+            window.pause()
+            result = run_evaluation(run, run.eval_set, prefix="eval")
+            last_eval_seconds = result["seconds"]
+            new_best = track_best(run, result)
+            window.resume()
+        stopping = run.stop_requested()
+        if _due(state.step, cfg.checkpoint.save_steps, max_steps) or new_best or stopping:
+            window.pause()
+            save(run)
+            window.resume()
+        if stopping:
+            run.logger.info(f"stopped at step {state.step} on request; continue with "
+                            f"--resume_from checkpoint-{state.step}")
+            break
+    bar.close()
+
+
+def optimizer_step(run: Run, micro_batches: list[dict[str, Any]]):
+    """Forward and backward every micro-batch, then clip, step and advance the schedule."""
+    accelerator, model = run.accelerator, run.model
+    model.train()
+    local_tokens = sum(int((batch["labels"] != IGNORE_INDEX).sum()) for batch in micro_batches)
+    step_tokens = accelerator.reduce(torch.tensor(local_tokens, device=accelerator.device), reduction="sum")
+    # accelerator.backward divides by the accumulation steps and DDP averages over processes;
+    # undo both, so the gradient is exactly d(sum of token losses)/d(weights) / step_tokens.
+    scale = accelerator.num_processes * accelerator.gradient_accumulation_steps / step_tokens.float()
+    loss_sum = torch.zeros((), device=accelerator.device)
+    for batch in micro_batches:
+        with accelerator.accumulate(model):
+            batch_loss = token_loss_sum(model, batch, accelerator.device)
+            accelerator.backward(batch_loss * scale)
+        loss_sum += batch_loss.detach()
+    max_norm = run.config.training.max_grad_norm or math.inf  # 0: report the norm, do not clip
+    grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_norm)
+    run.optimizer.step()
+    run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    return loss_sum, step_tokens, grad_norm
+
+
+def token_loss_sum(model, batch: dict[str, Any], device: torch.device) -> torch.Tensor:
+    """Summed cross-entropy over the label tokens of one micro-batch."""
+    labels = batch["labels"].to(device, non_blocking=True)
+    logits = model(
+        input_features=batch["input_features"].to(device, non_blocking=True),
+        decoder_input_ids=batch["decoder_input_ids"].to(device, non_blocking=True),
+        use_cache=False,
+    ).logits
+    return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(),
+                           ignore_index=IGNORE_INDEX, reduction="sum")
+
+
+# --------------------------------------------------------------------------------------------
+# Logging
+# --------------------------------------------------------------------------------------------
+
+
+class LogWindow:
+    """Sums between two log lines, kept on the device: no host sync until the line is printed."""
+
+    def __init__(self, device: torch.device):
+        self.loss_sum = torch.zeros((), device=device)
+        self.tokens = torch.zeros((), device=device, dtype=torch.long)
+        self.samples = 0
+        self.steps = 0
+        self.started = time.perf_counter()
+        self.paused_seconds = 0.0
+        self._paused_at: float | None = None
+
+    def add(self, loss_sum: torch.Tensor, tokens: torch.Tensor, samples: int) -> None:
+        self.loss_sum += loss_sum
+        self.tokens += tokens
+        self.samples += samples
+        self.steps += 1
+
+    def pause(self) -> None:  # evaluation and saving do not count as training time
+        self._paused_at = time.perf_counter()
+
+    def resume(self) -> None:
+        if self._paused_at is not None:
+            self.paused_seconds += time.perf_counter() - self._paused_at
+            self._paused_at = None
+
+    def seconds(self) -> float:
+        return time.perf_counter() - self.started - self.paused_seconds
+
+
+def log_training(run: Run, window: LogWindow, learning_rate: float, grad_norm: torch.Tensor,
+                 max_steps: int, last_eval_seconds: float) -> None:
+    accelerator, state, cfg = run.accelerator, run.state, run.config
+    loss_sum = accelerator.reduce(window.loss_sum.clone(), reduction="sum")
+    loss = (loss_sum / window.tokens.clamp(min=1)).item()  # window.tokens is already global
+    seconds = max(window.seconds(), 1e-9)
+    samples_per_second = window.samples / seconds
+    seconds_per_step = run.seconds_this_run / max(1, state.step - run.start_step)
+    remaining_evals = _remaining(state.step, cfg.eval.eval_steps, max_steps) if run.eval_set else 0
+    eta = (max_steps - state.step) * seconds_per_step + remaining_evals * last_eval_seconds
+    record = {
+        "epoch": round(epoch_progress(run), 4),
+        "loss": round(loss, 6),
+        "learning_rate": learning_rate,
+        "grad_norm": round(float(grad_norm), 6),
+        "samples_per_second": round(samples_per_second, 3),
+        "elapsed_seconds": round(state.train_seconds, 1),
+        "eta_seconds": round(eta, 1),
+    }
+    if torch.cuda.is_available():
+        record["peak_memory_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    run.logger.metrics(record, state.step)
+    line = (f"step {state.step}/{max_steps} | epoch {record['epoch']:.2f} | loss {loss:.4f} | "
+            f"lr {learning_rate:.3e} | grad_norm {record['grad_norm']:.3f} | "
+            f"{samples_per_second:.1f} samples/s | elapsed {format_duration(state.train_seconds)} | "
+            f"eta {format_duration(eta)}")
+    if "peak_memory_gb" in record:
+        line += f" | peak_mem {record['peak_memory_gb']:.1f} GB"
+    run.logger.info(line)
+
+
+def epoch_progress(run: Run) -> float:
+    state, batches = run.state, run.train_batches
+    if batches.batches_per_epoch:
+        return state.epoch + state.batches_in_epoch / batches.batches_per_epoch
+    if batches.num_clips:
+        return state.samples_seen / batches.num_clips
+    return float(state.epoch)
+
+
+# --------------------------------------------------------------------------------------------
+# Evaluation, best model, checkpoints
+# --------------------------------------------------------------------------------------------
+
+
+def run_evaluation(run: Run, eval_set: EvalSet, prefix: str) -> dict[str, Any]:
+    """Evaluate ``eval_set`` now; log, record and return ``{prefix}_wer`` etc."""
+    state, cfg = run.state, run.config
+    name = f"step-{state.step}.jsonl" if prefix == "eval" else f"{prefix}-step-{state.step}.jsonl"
+    result = evaluate(run.model, eval_set, run.processor.tokenizer, run.generation, run.accelerator,
+                      run.normalizer, os.path.join(cfg.training.output_dir, "eval", name),
+                      synced_gpus=run.synced_gpus)
+    record = {f"{prefix}_{key}": value for key, value in result.items()
+              if key in ("wer", "cer", "wer_raw", "samples", "empty_references", "seconds",
+                         "samples_per_second")}
+    run.logger.metrics(record, state.step)
+    state.evaluations.append({"step": state.step, "split": eval_set.split, **record})
+    run.logger.info(
+        f"{prefix} {eval_set.split} at step {state.step}: WER {_pct(result.get('wer'))} | "
+        f"CER {_pct(result.get('cer'))} | raw WER {_pct(result.get('wer_raw'))} | "
+        f"{result['samples']} clips in {format_duration(result['seconds'])} "
+        f"({result['samples_per_second']:.1f} clips/s)")
+    if eval_set.report is not None and eval_set.report.skipped:
+        run.logger.info(f"  {eval_set.report.summary()}")
+    return {**result, **record}
+
+
+def track_best(run: Run, result: dict[str, Any]) -> bool:
+    state, ck = run.state, run.config.checkpoint
+    value = result.get(ck.metric_for_best_model)
+    if value is None:
+        return False
+    if not is_improvement(value, state.best_metric, ck.greater_is_better):
+        return False
+    state.best_metric, state.best_step = value, state.step
+    state.best_checkpoint = f"checkpoint-{state.step}"
+    run.logger.info(f"new best {ck.metric_for_best_model} {value:.3f} at step {state.step}")
+    return True
+
+
+def save(run: Run) -> str:
+    cfg, state, accelerator = run.config, run.state, run.accelerator
+    state.skipped = dict(run.train_batches.report.skipped) if run.train_batches.stream else {}
+    started = time.perf_counter()
+    path = save_checkpoint(accelerator, cfg.training.output_dir, state, run.model, run.processor,
+                           cfg.to_flat_dict(), run.manifest)
+    if accelerator.is_main_process:
+        protected = {state.best_checkpoint} if state.best_checkpoint else set()
+        deleted = rotate_checkpoints(cfg.training.output_dir, cfg.checkpoint.save_total_limit, protected)
+        if state.best_checkpoint:
+            write_best_pointer(cfg.training.output_dir, state, cfg.checkpoint.metric_for_best_model)
+        note = f" (removed {', '.join(os.path.basename(p) for p in deleted)})" if deleted else ""
+        run.logger.info(f"saved {os.path.basename(path)} in {time.perf_counter() - started:.1f} s{note}")
+    accelerator.wait_for_everyone()
+    return path
+
+
+def _due(step: int, every: int, max_steps: int) -> bool:
+    return step == max_steps or (every > 0 and step % every == 0)
+
+
+def _remaining(step: int, every: int, max_steps: int) -> int:
+    later = (max_steps // every - step // every) if every > 0 else 0
+    return later + (0 if every > 0 and max_steps % every == 0 else 1)
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}%"

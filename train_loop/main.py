@@ -1,0 +1,205 @@
+"""Fine-tune Whisper on a new language.
+
+    accelerate launch train_loop/main.py --model_name_or_path openai/whisper-small \\
+        --dataset_name mozilla-foundation/common_voice_11_0 --dataset_config_name be \\
+        --language be --output_dir runs/small-be --max_steps 12000 ...
+    python -m train_loop.main --config launch/recipes/small-be.yaml
+    python -m train_loop.main --help
+
+Read top to bottom, ``run`` is the table of contents: accelerator, model, data, optimizer and
+schedule, state (fresh or resumed), the loop, the final model and its test evaluation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+
+if __package__ in (None, ""):
+    # Run as a script (`accelerate launch train_loop/main.py`): make the package importable,
+    # and keep train_loop/ itself off sys.path so its evaluate.py cannot shadow packages.
+    _here = os.path.dirname(os.path.abspath(__file__))
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _here]
+    sys.path.insert(0, os.path.dirname(_here))
+    __package__ = "train_loop"
+
+import torch
+
+from train_loop.checkpoint import (STATE_FILE, TrainerState, load_checkpoint, resolve_resume,
+                                   run_manifest)
+from train_loop.config import TrainConfig, parse_train_config
+from train_loop.data import build_eval_set, build_train_batches, steps_for_epochs
+from train_loop.errors import UserError
+from train_loop.evaluation import GenerationSettings
+from train_loop.logger import RunLogger, make_line_buffered, quiet_library_output
+from train_loop.loop import Run, run_evaluation, train
+from train_loop.model import load_model, load_processor
+from train_loop.optim import build_optimizer
+from train_loop.report import format_wer_table, write_results
+from train_loop.schedule import LRSchedule, make_scheduler
+from train_loop.sources import has_split
+from train_loop.text import get_normalizer
+
+
+def main(argv: list[str] | None = None) -> int:
+    make_line_buffered()
+    quiet_library_output()
+    try:
+        config = parse_train_config(argv)
+        run(config, list(sys.argv[1:] if argv is None else argv))
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        return 2
+    return 0
+
+
+def run(config: TrainConfig, argv: list[str]) -> None:
+    output_dir = config.training.output_dir
+
+    # 1. Processes, precision, trackers.
+    accelerator = build_accelerator(config)
+    from accelerate.utils import set_seed
+
+    set_seed(config.training.seed)
+    resume_path = (resolve_resume(output_dir, config.checkpoint.resume_from)
+                   if config.checkpoint.resume_from else None)
+    resume_step = TrainerState.from_file(os.path.join(resume_path, STATE_FILE)).step if resume_path else None
+    logger = RunLogger(output_dir, accelerator.is_main_process, accelerator, resume_step)
+    logger.info(f"whisper train_loop | {accelerator.num_processes} process(es) on "
+                f"{accelerator.device.type} | mixed precision {config.training.mixed_precision} | "
+                f"output {output_dir}")
+
+    # 2. Model and processor.
+    processor = load_processor(config.model.model_name_or_path, config.model.language, config.model.task)
+    model = load_model(config.model, processor)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    logger.info(f"model {config.model.model_name_or_path}: {trainable / 1e6:.1f}M trainable parameters")
+
+    # 3. Data: every skipped clip is counted and reported.
+    train_batches = build_train_batches(config, processor, accelerator)
+    logger.info(train_batches.report.summary() if not config.source.streaming else
+                f"{config.data.train_split_name}: streaming (skipped clips are reported as they are read)")
+    eval_set = None
+    if config.data.eval_split_name.lower() != "none":
+        eval_set = build_eval_set(config, processor, accelerator, config.data.eval_split_name,
+                                  config.data.max_eval_samples)
+        if eval_set.report is not None:
+            logger.info(eval_set.report.summary())
+
+    # 4. Optimizer and learning-rate schedule (stepped once per optimizer step, never prepared).
+    max_steps = config.training.max_steps
+    if max_steps <= 0:
+        max_steps = steps_for_epochs(train_batches.batches_per_epoch, config.training.num_train_epochs,
+                                     config.training.gradient_accumulation_steps)
+    optimizer = build_optimizer(model, config.training)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    schedule = LRSchedule(config.training.lr_scheduler_type, config.training.learning_rate,
+                          config.training.warmup_steps, max_steps, config.training.min_learning_rate)
+    scheduler = make_scheduler(optimizer, schedule)
+    accelerator.register_for_checkpointing(scheduler)
+
+    # 5. State: fresh, or restored from a checkpoint.
+    layout = {"num_processes": accelerator.num_processes,
+              "per_device_train_batch_size": config.training.per_device_train_batch_size,
+              "gradient_accumulation_steps": config.training.gradient_accumulation_steps}
+    if resume_path:
+        state = load_checkpoint(accelerator, resume_path)
+        train_batches.seek(state.epoch, state.batches_in_epoch)
+        logger.info(f"resumed from {resume_path} at step {state.step} (epoch {state.epoch}, "
+                    f"batch {state.batches_in_epoch})")
+    else:
+        state = TrainerState()
+    state.schedule, state.layout = dataclasses.asdict(schedule), layout
+
+    # 6. Train.
+    manifest = run_manifest(argv, train_batches.fingerprint, accelerator.num_processes)
+    generation = GenerationSettings(config.model.language, config.model.task,
+                                    config.eval.generation_max_length, config.eval.num_beams)
+    training_run = Run(config=config, accelerator=accelerator, model=model, optimizer=optimizer,
+                       scheduler=scheduler, schedule=schedule, processor=processor,
+                       train_batches=train_batches, eval_set=eval_set,
+                       normalizer=get_normalizer(config.eval.eval_normalizer),
+                       generation=generation, logger=logger, state=state, manifest=manifest,
+                       start_step=state.step)
+    logger.info(f"training {max_steps} steps of {schedule.kind} schedule, peak lr {schedule.peak:g} "
+                f"at step {schedule.warmup_steps or 1}; global batch "
+                f"{config.training.per_device_train_batch_size * accelerator.num_processes * config.training.gradient_accumulation_steps}")
+    train(training_run)
+
+    # 7. Final model (the best one with --load_best_model_at_end) and the test split.
+    finish(training_run)
+    accelerator.end_training()
+    logger.close()
+
+
+def build_accelerator(config: TrainConfig):
+    from accelerate import Accelerator
+    from accelerate.utils import GradientAccumulationPlugin, ProjectConfiguration
+
+    output_dir = config.training.output_dir
+    accumulation = GradientAccumulationPlugin(
+        num_steps=config.training.gradient_accumulation_steps,
+        sync_with_dataloader=False)  # an optimizer step may span an epoch boundary
+    tracking = config.training.report_to == "tensorboard"
+    accelerator = Accelerator(
+        mixed_precision=config.training.mixed_precision,
+        gradient_accumulation_plugin=accumulation,
+        log_with="tensorboard" if tracking else None,
+        project_config=ProjectConfiguration(project_dir=output_dir,
+                                            logging_dir=os.path.join(output_dir, "tensorboard")),
+        # Without a GPU, cpu=True is what joins several CPU processes into one gloo group.
+        cpu=not torch.cuda.is_available(),
+    )
+    if tracking:
+        hparams = {k: (v if isinstance(v, (int, float, str, bool)) else str(v))
+                   for k, v in config.to_flat_dict().items()}
+        accelerator.init_trackers("run", config=hparams)
+    return accelerator
+
+
+def finish(run: Run) -> None:
+    """Save the final model for `from_pretrained`/`pipeline`, evaluate it on the test split."""
+    cfg, accelerator, state, logger = run.config, run.accelerator, run.state, run.logger
+    output_dir = cfg.training.output_dir
+    model = accelerator.unwrap_model(run.model)
+    if cfg.checkpoint.load_best_model_at_end and state.best_checkpoint:
+        load_weights(model, os.path.join(output_dir, state.best_checkpoint))
+        logger.info(f"final model = best checkpoint {state.best_checkpoint} "
+                    f"({cfg.checkpoint.metric_for_best_model} {state.best_metric:.3f})")
+    model.config.use_cache = True  # generation speed for whoever loads the model
+    if accelerator.is_main_process:
+        model.save_pretrained(output_dir, state_dict=accelerator.get_state_dict(run.model))
+        run.processor.save_pretrained(output_dir)
+    accelerator.wait_for_everyone()
+    logger.info(f"saved the final model to {output_dir} (from_pretrained / pipeline ready)")
+
+    test_split = cfg.data.test_split_name
+    if test_split.lower() != "none":
+        if has_split(cfg.source, test_split):
+            test_set = build_eval_set(cfg, run.processor, accelerator, test_split, max_samples=None)
+            if test_set.report is not None:
+                logger.info(test_set.report.summary())
+            run_evaluation(run, test_set, prefix="test")
+        else:
+            logger.info(f"no '{test_split}' split in the data: final test evaluation skipped "
+                        "(--test_split_name none silences this)")
+    if accelerator.is_main_process:
+        write_results(output_dir, state, cfg)
+        logger.info(format_wer_table(state.evaluations, cfg.eval.eval_normalizer, state.best_step))
+
+
+def load_weights(model, checkpoint_dir: str) -> None:
+    from safetensors.torch import load_file
+
+    weights = load_file(os.path.join(checkpoint_dir, "model.safetensors"))
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    # Tied output projection is stored once; anything else missing means a wrong checkpoint.
+    missing = [name for name in missing if name != "proj_out.weight"]
+    if missing or unexpected:
+        raise UserError(f"{checkpoint_dir}: weights do not match the model "
+                        f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,112 @@
+"""Loading Whisper and its processor, and building the tiny random Whisper used offline.
+
+The tiny model has the real multilingual tokenizer and generation settings (bundled in
+``assets/whisper-multilingual``, from OpenAI's MIT-licensed Whisper) and a short input
+window, so the demo and the tests train on CPU in seconds per step.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from .config import ModelConfig
+from .errors import UserError
+
+ASSETS = Path(__file__).parent / "assets" / "whisper-multilingual"
+
+
+def load_processor(name_or_path: str, language: str, task: str):
+    from transformers import WhisperProcessor
+
+    try:
+        processor = WhisperProcessor.from_pretrained(name_or_path)
+    except Exception as err:
+        raise UserError(_load_hint(name_or_path, "processor", err)) from None
+    try:
+        processor.tokenizer.set_prefix_tokens(language=language, task=task, predict_timestamps=False)
+    except ValueError as err:
+        raise UserError(f"--language {language}: {err}") from None
+    return processor
+
+
+def load_model(config: ModelConfig, processor):
+    from transformers import WhisperForConditionalGeneration
+
+    try:
+        model = WhisperForConditionalGeneration.from_pretrained(
+            config.model_name_or_path, attn_implementation=config.attn_implementation,
+            dtype=torch.float32)  # fp32 master weights; autocast provides bf16/fp16 compute
+    except Exception as err:
+        raise UserError(_load_hint(config.model_name_or_path, "model", err)) from None
+    configure_generation(model, config.language, config.task)
+    if config.freeze_encoder:
+        model.model.encoder.requires_grad_(False)
+    if config.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False  # a KV cache is useless in training and conflicts with recomputation
+    frames = processor.feature_extractor.nb_max_frames
+    if model.config.max_source_positions * 2 != frames:
+        raise UserError(
+            f"{config.model_name_or_path}: the model takes {model.config.max_source_positions * 2} "
+            f"input frames but its feature extractor makes {frames}; save a matching processor "
+            f"(chunk_length) with the model")
+    return model
+
+
+def configure_generation(model, language: str, task: str) -> None:
+    """Make the saved model transcribe ``language`` by default (pipeline, generate)."""
+    generation = model.generation_config
+    generation.language = language
+    generation.task = task
+    generation.forced_decoder_ids = None  # superseded by language/task; both set warns
+    # Generation settings belong in generation_config; keeping them in config as well makes
+    # transformers warn on every generate() call.
+    for name in ("suppress_tokens", "begin_suppress_tokens", "forced_decoder_ids"):
+        if getattr(model.config, name, None) is not None:
+            setattr(model.config, name, None)
+
+
+def _load_hint(name_or_path: str, what: str, err: Exception) -> str:
+    reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    if os.path.isdir(name_or_path):
+        return (f"--model_name_or_path {name_or_path}: cannot load the Whisper {what} from this "
+                f"folder ({reason}); it must hold save_pretrained files (config.json, weights, "
+                f"tokenizer and preprocessor files)")
+    return (f"--model_name_or_path {name_or_path}: cannot load the Whisper {what} ({reason}). "
+            f"Check the Hub id and your connection; offline, pass a local folder")
+
+
+def build_tiny_whisper(output_dir: str, chunk_length: int = 10, d_model: int = 64,
+                       layers: int = 2, heads: int = 4, seed: int = 0) -> str:
+    """Save a randomly initialized tiny Whisper with the real multilingual tokenizer.
+
+    ``chunk_length`` seconds of audio make ``chunk_length * 100`` log-mel frames and
+    ``chunk_length * 50`` encoder positions (30 s and 1500 for the real models).
+    """
+    from transformers import (GenerationConfig, WhisperConfig, WhisperFeatureExtractor,
+                              WhisperForConditionalGeneration, WhisperProcessor, WhisperTokenizer)
+
+    tokenizer = WhisperTokenizer.from_pretrained(ASSETS)
+    feature_extractor = WhisperFeatureExtractor(feature_size=80, chunk_length=chunk_length)
+    generation = GenerationConfig.from_pretrained(ASSETS)
+    generation.alignment_heads = None  # specific to the pretrained model's attention heads
+    generation.forced_decoder_ids = None
+    config = WhisperConfig(
+        vocab_size=len(tokenizer), num_mel_bins=80, d_model=d_model,
+        encoder_layers=layers, decoder_layers=layers,
+        encoder_attention_heads=heads, decoder_attention_heads=heads,
+        encoder_ffn_dim=4 * d_model, decoder_ffn_dim=4 * d_model,
+        max_source_positions=chunk_length * 50, max_target_positions=448,
+        decoder_start_token_id=generation.decoder_start_token_id,
+        pad_token_id=generation.pad_token_id, bos_token_id=generation.bos_token_id,
+        eos_token_id=generation.eos_token_id, suppress_tokens=None, begin_suppress_tokens=None,
+        apply_spec_augment=False)
+    torch.manual_seed(seed)
+    model = WhisperForConditionalGeneration(config)
+    model.generation_config = generation
+    model.save_pretrained(output_dir)
+    WhisperProcessor(feature_extractor=feature_extractor, tokenizer=tokenizer).save_pretrained(output_dir)
+    return output_dir

@@ -1,0 +1,61 @@
+"""Learning-rate schedule as a pure function of the optimizer step.
+
+Step ``s`` (1 for the first optimizer step) uses ``lr(s)``:
+
+* warmup, ``s <= warmup_steps``: ``peak * s / warmup_steps``, so step ``warmup_steps`` uses
+  exactly ``--learning_rate`` (HF's schedulers reach the peak one step later, and use 0 for
+  the first step);
+* then linear or cosine decay from the peak towards ``min_learning_rate``, with every step up
+  to ``total_steps`` still above it; or constant.
+
+Because the value depends only on ``s`` and these five numbers (stored in each checkpoint),
+a resumed run gets exactly the learning rates of an uninterrupted one, whatever the number of
+processes. The scheduler is stepped once per optimizer step and is never handed to
+``accelerator.prepare`` (which would step it once per process).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class LRSchedule:
+    kind: str  # linear | cosine | constant
+    peak: float
+    warmup_steps: int
+    total_steps: int
+    min_lr: float = 0.0
+
+    def __call__(self, step: int) -> float:
+        """Learning rate of optimizer step ``step`` (1-based)."""
+        if self.warmup_steps and step <= self.warmup_steps:
+            return self.peak * step / self.warmup_steps
+        if self.kind == "constant":
+            return self.peak
+        # Progress through the decay, 0 right after warmup; it reaches 1 one step after the
+        # last, so the final step still learns something.
+        span = max(1, self.total_steps - self.warmup_steps + 1)
+        progress = min(1.0, (step - self.warmup_steps) / span)
+        if self.kind == "linear":
+            factor = 1.0 - progress
+        elif self.kind == "cosine":
+            factor = 0.5 * (1.0 + math.cos(math.pi * progress))
+        else:
+            raise ValueError(f"unknown schedule {self.kind!r}")
+        return self.min_lr + (self.peak - self.min_lr) * factor
+
+    def multiplier(self, scheduler_steps_done: int) -> float:
+        """For ``LambdaLR``: after ``n`` scheduler steps, the next optimizer step is ``n + 1``."""
+        return self(scheduler_steps_done + 1) / self.peak
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, schedule: LRSchedule) -> torch.optim.lr_scheduler.LambdaLR:
+    """A torch scheduler whose state (steps done) is saved in checkpoints."""
+    for group in optimizer.param_groups:
+        group["lr"] = schedule.peak
+        group["initial_lr"] = schedule.peak
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule.multiplier)

@@ -1,0 +1,238 @@
+"""Where rows come from: a Hub dataset, an audiofolder, or a Common Voice release folder.
+
+Every source becomes the same table of rows with three columns: ``id`` (unique, stable),
+``audio`` (a file path, or a ``{"bytes", "path"}`` dict for Hub audio) and ``text`` (the raw
+transcript). Audio is not decoded here; ``features.Featurizer`` does that.
+
+Several splits joined with ``+`` (``train+validation``) are concatenated: every row of every
+split is used. (The 2022 event scripts interleaved them, which stops at the end of the
+shortest split and silently drops the rest of the longer one.)
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import datasets
+
+from .config import SourceConfig
+from .errors import UserError
+
+COLUMNS = ("id", "audio", "text")
+
+
+@dataclass
+class RowSource:
+    """The rows of one (possibly '+'-joined) split and a fingerprint of their content."""
+
+    name: str  # for messages: "data/train/metadata.csv", "mozilla-foundation/...:train"
+    split: str
+    rows: datasets.Dataset | datasets.IterableDataset
+    fingerprint: str
+    num_rows: int | None  # known for local folders and prepared Hub splits; None when unknown
+
+
+def split_names(split: str) -> list[str]:
+    names = [part.strip() for part in split.split("+")]
+    if not split or any(not name for name in names):
+        raise UserError(f"split name {split!r} is empty; give e.g. 'train' or 'train+validation'")
+    return names
+
+
+def load_rows(source: SourceConfig, split: str, streaming: bool = False) -> RowSource:
+    """Rows of ``split`` ('+' concatenates) from the configured source."""
+    parts = [_load_one(source, name, streaming) for name in split_names(split)]
+    if len(parts) == 1:
+        return parts[0]
+    rows = datasets.concatenate_datasets([part.rows for part in parts])
+    sizes = [part.num_rows for part in parts]
+    return RowSource(
+        name=" + ".join(part.name for part in parts), split=split, rows=rows,
+        fingerprint=content_hash(*(part.fingerprint for part in parts)),
+        num_rows=None if None in sizes else sum(sizes))
+
+
+def has_split(source: SourceConfig, split: str) -> bool:
+    """Whether every part of ``split`` exists (for optional splits such as the test split)."""
+    if source.data_dir:
+        return all(_local_layout(source.data_dir, name) is not None for name in split_names(split))
+    try:
+        names = datasets.get_dataset_split_names(source.dataset_name, source.dataset_config_name,
+                                                 revision=source.dataset_revision)
+    except Exception:
+        return True  # cannot tell without loading; loading will report a real problem
+    return all(name in names for name in split_names(split))
+
+
+def _load_one(source: SourceConfig, split: str, streaming: bool) -> RowSource:
+    if source.data_dir:
+        return _load_local(source, split, streaming)
+    return _load_hub(source, split, streaming)
+
+
+# --------------------------------------------------------------------------------------------
+# Local folders
+# --------------------------------------------------------------------------------------------
+
+
+def _local_layout(data_dir: str, split: str) -> tuple[str, str] | None:
+    """('audiofolder' | 'common_voice', manifest path) for a split, or None if absent."""
+    audiofolder = os.path.join(data_dir, split, "metadata.csv")
+    if os.path.isfile(audiofolder):
+        return "audiofolder", audiofolder
+    for name in ([split, "dev"] if split == "validation" else [split]):
+        tsv = os.path.join(data_dir, f"{name}.tsv")
+        if os.path.isfile(tsv):
+            return "common_voice", tsv
+    return None
+
+
+def _load_local(source: SourceConfig, split: str, streaming: bool) -> RowSource:
+    data_dir = source.data_dir
+    if not os.path.isdir(data_dir):
+        raise UserError(f"--data_dir {data_dir}: no such folder")
+    layout = _local_layout(data_dir, split)
+    if layout is None:
+        raise UserError(
+            f"--data_dir {data_dir} has no split '{split}': expected {split}/metadata.csv "
+            f"(audiofolder) or {split}.tsv with clips/ (Common Voice); fix the split flag "
+            f"or the folder")
+    kind, manifest = layout
+    if kind == "audiofolder":
+        ids, audio, text = _read_audiofolder(manifest, split, source.text_column_name)
+    else:
+        ids, audio, text = _read_common_voice(manifest, data_dir, split, source.text_column_name)
+    if not ids:
+        raise UserError(f"{manifest} lists no clips")
+    if len(set(ids)) != len(ids):
+        raise UserError(f"{manifest}: the same audio file is listed twice; each row must be unique")
+    table = datasets.Dataset.from_dict({"id": ids, "audio": audio, "text": text})
+    fingerprint = content_hash(os.path.abspath(manifest), _file_digest(manifest), _stat_digest(audio))
+    rows = table.to_iterable_dataset(num_shards=_stream_shards(len(ids))) if streaming else table
+    return RowSource(name=manifest, split=split, rows=rows, fingerprint=fingerprint,
+                     num_rows=len(ids))
+
+
+def _read_table(path: str, delimiter: str) -> tuple[list[str], list[dict[str, str]]]:
+    with open(path, encoding="utf-8", newline="") as handle:
+        # Common Voice TSVs are not quoted: a sentence may contain a lone quote character.
+        quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
+        reader = csv.DictReader(handle, delimiter=delimiter, quoting=quoting)
+        rows = list(reader)
+        return list(reader.fieldnames or []), rows
+
+
+def _require_columns(path: str, found: list[str], needed: dict[str, str]) -> None:
+    for column, flag in needed.items():
+        if column not in found:
+            fix = f"pass {flag} with one of: {', '.join(found)}" if flag else "add that column"
+            raise UserError(f"{path} has no column '{column}' (columns: {', '.join(found) or 'none'}); {fix}")
+
+
+def _read_audiofolder(manifest: str, split: str, text_column: str):
+    columns, rows = _read_table(manifest, ",")
+    _require_columns(manifest, columns, {"file_name": "", text_column: "--text_column_name"})
+    folder = os.path.dirname(manifest)
+    ids = [f"{split}/{row['file_name']}" for row in rows]
+    audio = [os.path.join(folder, row["file_name"]) for row in rows]
+    text = [row[text_column] or "" for row in rows]
+    return ids, audio, text
+
+
+def _read_common_voice(manifest: str, data_dir: str, split: str, text_column: str):
+    columns, rows = _read_table(manifest, "\t")
+    _require_columns(manifest, columns, {"path": "", text_column: "--text_column_name"})
+    clips = os.path.join(data_dir, "clips")
+    if not os.path.isdir(clips):
+        raise UserError(f"{manifest} is a Common Voice manifest but {clips} does not exist; "
+                        "--data_dir must be the release folder holding clips/ and the .tsv files")
+    ids = [f"{split}/{row['path']}" for row in rows]
+    audio = [os.path.join(clips, row["path"]) for row in rows]
+    text = [row[text_column] or "" for row in rows]
+    return ids, audio, text
+
+
+def _stream_shards(num_rows: int) -> int:
+    # Enough shards for several processes x DataLoader workers to each read their own part.
+    return max(1, min(num_rows, 64))
+
+
+# --------------------------------------------------------------------------------------------
+# Hugging Face Hub
+# --------------------------------------------------------------------------------------------
+
+
+def _load_hub(source: SourceConfig, split: str, streaming: bool) -> RowSource:
+    name = f"{source.dataset_name}" + (f"/{source.dataset_config_name}" if source.dataset_config_name else "")
+    try:
+        table = datasets.load_dataset(
+            source.dataset_name, source.dataset_config_name, split=split, streaming=streaming,
+            revision=source.dataset_revision, cache_dir=source.cache_dir)
+    except Exception as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(
+            f"--dataset_name {name} split '{split}' could not be loaded ({reason}). Check the "
+            f"name, --dataset_config_name and access (huggingface-cli login); offline, use "
+            f"--data_dir with a local copy") from None
+    columns = list(table.features or {}) if table.features is not None else None
+    if columns is not None:
+        for column, flag in ((source.audio_column_name, "--audio_column_name"),
+                             (source.text_column_name, "--text_column_name")):
+            if column not in columns:
+                raise UserError(f"{name} split '{split}' has no column '{column}' "
+                                f"(columns: {', '.join(columns)}); pass {flag}")
+    table = table.cast_column(source.audio_column_name, datasets.Audio(decode=False))
+
+    def to_row(example: dict[str, Any], index: int) -> dict[str, Any]:
+        audio = example[source.audio_column_name]
+        return {"id": f"{split}/{index}", "audio": audio, "text": example[source.text_column_name] or ""}
+
+    keep = [source.audio_column_name, source.text_column_name]
+    table = table.select_columns(keep).map(to_row, with_indices=True, remove_columns=keep)
+    fingerprint = content_hash(name, split, source.dataset_revision or "", getattr(table, "_fingerprint", ""))
+    num_rows = len(table) if isinstance(table, datasets.Dataset) else _known_hub_size(table, split)
+    return RowSource(name=f"{name}:{split}", split=split, rows=table, fingerprint=fingerprint,
+                     num_rows=num_rows)
+
+
+def _known_hub_size(table: datasets.IterableDataset, split: str) -> int | None:
+    splits = getattr(table.info, "splits", None) or {}
+    info = splits.get(split) if hasattr(splits, "get") else None
+    return int(info.num_examples) if info and info.num_examples else None
+
+
+# --------------------------------------------------------------------------------------------
+# Fingerprints: a prepared cache is reused only for exactly the same rows and files.
+# --------------------------------------------------------------------------------------------
+
+
+def content_hash(*parts: Any) -> str:
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(str(part).encode("utf-8"))
+        digest.update(b"\x00")
+    return digest.hexdigest()[:16]
+
+
+def _file_digest(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _stat_digest(paths: list[str]) -> str:
+    """Size and modification time of every audio file: a changed clip invalidates the cache."""
+    digest = hashlib.sha256()
+    for path in paths:
+        try:
+            info = os.stat(path)
+            digest.update(f"{path}:{info.st_size}:{info.st_mtime_ns}\n".encode())
+        except OSError:
+            digest.update(f"{path}:missing\n".encode())
+    return digest.hexdigest()
