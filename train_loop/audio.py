@@ -8,6 +8,7 @@ which needs a matching torch build and FFmpeg shared libraries, and is slower fo
 from __future__ import annotations
 
 import io
+import os
 from typing import Any
 
 import numpy as np
@@ -46,12 +47,19 @@ def decode_audio(audio: Any, sampling_rate: int = SAMPLING_RATE) -> np.ndarray:
                 source = audio
             if source is None:
                 raise AudioDecodeError("empty audio cell")
-            waveform, source_rate = soundfile.read(source, dtype="float32", always_2d=True)
+            if isinstance(source, str) and not os.path.isfile(source):
+                raise AudioDecodeError("file not found")
+            with soundfile.SoundFile(source) as handle:
+                _reject_truncated_wav(handle)
+                source_rate = handle.samplerate
+                waveform = handle.read(dtype="float32", always_2d=True)
             waveform = waveform.mean(axis=1) if waveform.shape[1] > 1 else waveform[:, 0]
-    except AudioDecodeError:
-        raise
+    except AudioDecodeError as err:
+        raise AudioDecodeError(f"{audio_reference(audio)}: {err}") from None
     except Exception as err:  # soundfile raises LibsndfileError, RuntimeError, OSError...
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if reason.startswith("Error opening") and "': " in reason:
+            reason = reason.split("': ", 1)[1]  # soundfile repeats the path we already print
         raise AudioDecodeError(f"{audio_reference(audio)}: {reason}") from None
     if waveform.ndim != 1:
         waveform = waveform.mean(axis=-1) if waveform.ndim == 2 else waveform.reshape(-1)
@@ -64,3 +72,16 @@ def decode_audio(audio: Any, sampling_rate: int = SAMPLING_RATE) -> np.ndarray:
 
         waveform = soxr.resample(waveform, source_rate, sampling_rate, quality="HQ")
     return np.ascontiguousarray(waveform, dtype=np.float32)
+
+
+def _reject_truncated_wav(handle) -> None:
+    """A WAV cut short (interrupted copy or download) still decodes, to its first samples only,
+    while its transcript stays whole: a silently wrong training example. libsndfile notices the
+    header/size mismatch and says so in its diagnostics ("data : 32000 (should be 16)")."""
+    if not handle.format.startswith("WAV"):
+        return
+    for line in handle.extra_info.splitlines():
+        if line.startswith("data") and "(should be" in line:
+            declared, actual = line.split(":", 1)[1].split("(should be")
+            raise AudioDecodeError(f"truncated WAV: header declares {declared.strip()} bytes of "
+                                   f"audio, the file holds {actual.strip(' )')}")

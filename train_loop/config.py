@@ -18,7 +18,7 @@ from typing import Any, Sequence
 from .errors import UserError
 
 
-def _flag(default: Any, help: str, choices: Sequence[str] | None = None):
+def flag(default: Any, help: str, choices: Sequence[str] | None = None):
     return field(default=default, metadata={"help": help, "choices": choices})
 
 
@@ -31,23 +31,23 @@ def _flag(default: Any, help: str, choices: Sequence[str] | None = None):
 class SourceConfig:
     """Where the speech comes from."""
 
-    dataset_name: str | None = _flag(
+    dataset_name: str | None = flag(
         None, "Hugging Face Hub dataset, e.g. mozilla-foundation/common_voice_11_0. "
         "Give this or --data_dir.")
-    dataset_config_name: str | None = _flag(None, "Hub dataset configuration, e.g. 'be'.")
-    dataset_revision: str | None = _flag(None, "Hub dataset revision (branch, tag or commit).")
-    data_dir: str | None = _flag(
+    dataset_config_name: str | None = flag(None, "Hub dataset configuration, e.g. 'be'.")
+    dataset_revision: str | None = flag(None, "Hub dataset revision (branch, tag or commit).")
+    data_dir: str | None = flag(
         None, "Local dataset folder: audiofolder layout ({split}/metadata.csv with file_name "
         "and the text column) or a Common Voice release ({split}.tsv and clips/).")
-    audio_column_name: str = _flag("audio", "Column holding the audio (Hub datasets).")
-    text_column_name: str = _flag("sentence", "Column holding the transcript.")
-    streaming: bool = _flag(
+    audio_column_name: str = flag("audio", "Column holding the audio (Hub datasets).")
+    text_column_name: str = flag("sentence", "Column holding the transcript.")
+    streaming: bool = flag(
         False, "Decode audio on the fly in DataLoader workers instead of preparing log-mel "
         "features once and caching them on disk.")
-    cache_dir: str | None = _flag(
+    cache_dir: str | None = flag(
         None, "Where prepared features and Hub downloads are cached "
         "(default: $XDG_CACHE_HOME/whisper-train-loop or ~/.cache/whisper-train-loop).")
-    preprocessing_num_workers: int = _flag(
+    preprocessing_num_workers: int = flag(
         1, "Processes that decode audio and compute features when preparing a dataset.")
 
 
@@ -55,11 +55,11 @@ class SourceConfig:
 class FilterConfig:
     """Which clips are used; every dropped clip is counted and reported."""
 
-    min_duration_in_seconds: float = _flag(0.0, "Drop training clips shorter than this.")
-    max_duration_in_seconds: float = _flag(
+    min_duration_in_seconds: float = flag(0.0, "Drop training clips shorter than this.")
+    max_duration_in_seconds: float = flag(
         30.0, "Drop training clips longer than this (at most the model's 30 s window: "
         "longer audio would be cut while its transcript stays whole).")
-    max_label_length: int = _flag(
+    max_label_length: int = flag(
         448, "Drop clips whose tokenized transcript (with the language/task prefix) is longer "
         "than this; Whisper's decoder holds 448 positions.")
 
@@ -68,25 +68,25 @@ class FilterConfig:
 class DataConfig:
     """Splits, text preparation and data loading."""
 
-    train_split_name: str = _flag("train", "Training split; join several with '+' to concatenate.")
-    eval_split_name: str = _flag(
+    train_split_name: str = flag("train", "Training split; join several with '+' to concatenate.")
+    eval_split_name: str = flag(
         "validation", "Split evaluated during training ('+' concatenates). 'none' disables.")
-    test_split_name: str = _flag(
+    test_split_name: str = flag(
         "test", "Split evaluated once at the end with the final model. 'none' disables; a "
         "missing default split is skipped with a note.")
-    max_train_samples: int | None = _flag(None, "Use only the first N training clips (debugging).")
-    max_eval_samples: int | None = _flag(
+    max_train_samples: int | None = flag(None, "Use only the first N training clips (debugging).")
+    max_eval_samples: int | None = flag(
         None, "Evaluate on the first N clips of the eval split during training (a fast, fixed "
         "subset); the final test evaluation always uses the whole test split.")
-    shuffle_buffer_size: int = _flag(
+    shuffle_buffer_size: int = flag(
         500, "Streaming only: rows held in the shuffle buffer (reshuffled every epoch).")
-    dataloader_num_workers: int = _flag(
+    dataloader_num_workers: int = flag(
         2, "DataLoader worker processes (decoding when streaming, reading features otherwise).")
-    do_lower_case: bool = _flag(False, "Lower-case training transcripts (default: keep raw text).")
-    do_remove_punctuation: bool = _flag(
+    do_lower_case: bool = flag(False, "Lower-case training transcripts (default: keep raw text).")
+    do_remove_punctuation: bool = flag(
         False, "Normalize training transcripts with the evaluation normalizer (lower case, no "
         "punctuation). Default: train on the raw, cased, punctuated text.")
-    prepared_feature_dtype: str = _flag(
+    prepared_feature_dtype: str = flag(
         "float16", "Storage type of prepared log-mel features (float16 halves the disk use; "
         "its rounding is far below bf16/fp16 training noise).", ("float16", "float32"))
 
@@ -95,60 +95,60 @@ class DataConfig:
 class ModelConfig:
     """Which Whisper to fine-tune and how."""
 
-    model_name_or_path: str = _flag(
+    model_name_or_path: str = flag(
         "openai/whisper-small", "Model to fine-tune: a Hub id or a local folder "
         "(save_pretrained format, e.g. a previous run's output_dir).")
-    language: str = _flag("be", "Language token forced in labels and generation (code or name).")
-    task: str = _flag("transcribe", "Whisper task.", ("transcribe", "translate"))
-    attn_implementation: str = _flag(
+    language: str = flag("be", "Language token forced in labels and generation (code or name).")
+    task: str = flag("transcribe", "Whisper task.", ("transcribe", "translate"))
+    attn_implementation: str = flag(
         "sdpa", "Attention kernel.", ("eager", "sdpa", "flash_attention_2"))
-    gradient_checkpointing: bool = _flag(
+    gradient_checkpointing: bool = flag(
         False, "Recompute activations in backward to save memory (use_cache is switched off "
         "for training and back on for generation).")
-    freeze_encoder: bool = _flag(False, "Train only the decoder.")
+    freeze_encoder: bool = flag(False, "Train only the decoder.")
 
 
 @dataclass
 class TrainingConfig:
     """Optimization, schedule, precision."""
 
-    output_dir: str | None = _flag(None, "Folder for checkpoints, logs, predictions and the final model.")
-    max_steps: int = _flag(
+    output_dir: str | None = flag(None, "Folder for checkpoints, logs, predictions and the final model.")
+    max_steps: int = flag(
         -1, "Optimizer steps to train. -1: derive from --num_train_epochs (prepared data only).")
-    num_train_epochs: float = _flag(3.0, "Epochs to train when --max_steps is -1.")
-    per_device_train_batch_size: int = _flag(16, "Clips per process per micro-batch.")
-    gradient_accumulation_steps: int = _flag(1, "Micro-batches per optimizer step.")
-    learning_rate: float = _flag(1e-5, "Peak learning rate, reached exactly at the end of warmup.")
-    warmup_steps: int = _flag(0, "Linear warmup steps from 0 to --learning_rate.")
-    lr_scheduler_type: str = _flag(
+    num_train_epochs: float = flag(3.0, "Epochs to train when --max_steps is -1.")
+    per_device_train_batch_size: int = flag(16, "Clips per process per micro-batch.")
+    gradient_accumulation_steps: int = flag(1, "Micro-batches per optimizer step.")
+    learning_rate: float = flag(1e-5, "Peak learning rate, reached exactly at the end of warmup.")
+    warmup_steps: int = flag(0, "Linear warmup steps from 0 to --learning_rate.")
+    lr_scheduler_type: str = flag(
         "linear", "Learning-rate decay after warmup.", ("linear", "cosine", "constant"))
-    min_learning_rate: float = _flag(0.0, "Learning rate the linear/cosine decay ends at.")
-    optim: str = _flag("adamw", "Optimizer.", ("adamw", "adafactor"))
-    weight_decay: float = _flag(0.0, "Decoupled weight decay (not applied to biases and norms).")
-    adam_beta1: float = _flag(0.9, "AdamW beta1.")
-    adam_beta2: float = _flag(0.999, "AdamW beta2.")
-    adam_epsilon: float = _flag(1e-8, "AdamW epsilon.")
-    max_grad_norm: float = _flag(1.0, "Clip the global gradient norm to this (0 disables clipping).")
-    mixed_precision: str = _flag(
-        "no", "Mixed precision (fp16 uses a gradient scaler; bf16 needs Ampere or newer).",
-        ("no", "fp16", "bf16"))
-    seed: int = _flag(42, "Seed for initialization, data order and dropout.")
-    logging_steps: int = _flag(25, "Print and record training metrics every N optimizer steps.")
-    report_to: str = _flag("tensorboard", "Experiment tracker.", ("tensorboard", "none"))
+    min_learning_rate: float = flag(0.0, "Learning rate the linear/cosine decay ends at.")
+    optim: str = flag("adamw", "Optimizer.", ("adamw", "adafactor"))
+    weight_decay: float = flag(0.0, "Decoupled weight decay (not applied to biases and norms).")
+    adam_beta1: float = flag(0.9, "AdamW beta1.")
+    adam_beta2: float = flag(0.999, "AdamW beta2.")
+    adam_epsilon: float = flag(1e-8, "AdamW epsilon.")
+    max_grad_norm: float = flag(1.0, "Clip the global gradient norm to this (0 disables clipping).")
+    mixed_precision: str | None = flag(
+        None, "Mixed precision: no, fp16 (with a gradient scaler) or bf16 (Ampere or newer). "
+        "Default: what `accelerate launch` was configured with, else no.", ("no", "fp16", "bf16"))
+    seed: int = flag(42, "Seed for initialization, data order and dropout.")
+    logging_steps: int = flag(25, "Print and record training metrics every N optimizer steps.")
+    report_to: str = flag("tensorboard", "Experiment tracker.", ("tensorboard", "none"))
 
 
 @dataclass
 class EvalConfig:
     """Autoregressive evaluation (WER)."""
 
-    eval_steps: int = _flag(1000, "Evaluate every N optimizer steps (and always at the end). 0: only at the end.")
-    eval_at_start: bool = _flag(False, "Also evaluate before the first step (WER before fine-tuning).")
-    per_device_eval_batch_size: int = _flag(32, "Clips per process per generation batch.")
-    generation_max_length: int = _flag(
+    eval_steps: int = flag(1000, "Evaluate every N optimizer steps (and always at the end). 0: only at the end.")
+    eval_at_start: bool = flag(False, "Also evaluate before the first step (WER before fine-tuning).")
+    per_device_eval_batch_size: int = flag(32, "Clips per process per generation batch.")
+    generation_max_length: int = flag(
         225, "Most tokens generated per clip after the language/task prompt (what "
         "transformers' Whisper generate calls max_length; the 2022 event used 225).")
-    num_beams: int = _flag(1, "Beam width (1 = greedy).")
-    eval_normalizer: str = _flag(
+    num_beams: int = flag(1, "Beam width (1 = greedy).")
+    eval_normalizer: str = flag(
         "belarusian", "Text normalizer for WER/CER: 'belarusian' keeps apostrophes inside "
         "words; 'basic' is Whisper's BasicTextNormalizer (leaderboard-comparable).",
         ("belarusian", "basic"))
@@ -158,15 +158,15 @@ class EvalConfig:
 class CheckpointConfig:
     """Checkpoints, resume and the best model."""
 
-    save_steps: int = _flag(1000, "Write checkpoint-N every N optimizer steps (and at the end). 0: only at the end.")
-    save_total_limit: int | None = _flag(
+    save_steps: int = flag(1000, "Write checkpoint-N every N optimizer steps (and at the end). 0: only at the end.")
+    save_total_limit: int | None = flag(
         None, "Keep only the N newest checkpoints (the best one is never deleted).")
-    resume_from: str | None = _flag(
+    resume_from: str | None = flag(
         None, "Continue a run: 'latest', a checkpoint name inside --output_dir "
         "(checkpoint-N), or a path.")
-    metric_for_best_model: str = _flag("eval_wer", "Metric that picks the best checkpoint.")
-    greater_is_better: bool = _flag(False, "Whether a larger --metric_for_best_model is better.")
-    load_best_model_at_end: bool = _flag(
+    metric_for_best_model: str = flag("eval_wer", "Metric that picks the best checkpoint.")
+    greater_is_better: bool = flag(False, "Whether a larger --metric_for_best_model is better.")
+    load_best_model_at_end: bool = flag(
         False, "Save the best checkpoint's weights (not the last) as the final model.")
 
 

@@ -100,8 +100,14 @@ class _FeaturizeBatch:
 
     def __init__(self, featurizer: Featurizer):
         self.featurizer = featurizer
+        self.parent_pid = os.getpid()
 
     def __call__(self, batch: dict[str, list]) -> dict[str, list]:
+        if os.getpid() != self.parent_pid and torch.get_num_threads() > 1:
+            # A forked worker must not enter torch's thread pool: the parent's OpenMP state does
+            # not survive fork, and the first parallel op (the STFT) would hang forever.
+            # Parallelism comes from the worker processes.
+            torch.set_num_threads(1)
         out: dict[str, list] = {}
         for row_id, audio, text in zip(batch["id"], batch["audio"], batch["text"]):
             example = self.featurizer(row_id, audio, text)
@@ -438,7 +444,7 @@ def eval_batches(durations: np.ndarray, batch_size: int, num_processes: int,
 # --------------------------------------------------------------------------------------------
 
 
-def _cache_root(source_config) -> str:
+def cache_root(source_config) -> str:
     return source_config.cache_dir or default_cache_dir()
 
 
@@ -480,7 +486,7 @@ def build_train_batches(config, processor, accelerator) -> TrainBatches:
         return TrainBatches(loader, None, stream, SkipReport(split=data.train_split_name),
                             rows.num_rows, rows.fingerprint)
     with accelerator.main_process_first():  # one process prepares, the others read the cache
-        prepared = prepare_split(rows, featurizer, filters, _cache_root(src), src.preprocessing_num_workers,
+        prepared = prepare_split(rows, featurizer, filters, cache_root(src), src.preprocessing_num_workers,
                                  cache_key(processor, data, config.eval.eval_normalizer),
                                  max_rows=data.max_train_samples)
     if len(prepared) < batch_size * accelerator.num_processes:
@@ -515,7 +521,7 @@ def build_eval_set(config, processor, accelerator, split: str, max_samples: int 
         per_process = math.ceil(known / accelerator.num_processes) if known else None
         return EvalSet(split, loader, True, None, known, per_process)
     with accelerator.main_process_first():
-        prepared = prepare_split(rows, featurizer, eval_filters(processor), _cache_root(src),
+        prepared = prepare_split(rows, featurizer, eval_filters(processor), cache_root(src),
                                  src.preprocessing_num_workers,
                                  cache_key(processor, data, config.eval.eval_normalizer),
                                  max_rows=max_samples)

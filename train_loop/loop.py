@@ -22,7 +22,7 @@ from .checkpoint import (TrainerState, is_improvement, rotate_checkpoints, save_
                          write_best_pointer)
 from .collator import IGNORE_INDEX
 from .config import TrainConfig
-from .data import EvalSet, TrainBatches
+from .data import EvalSet, SkipReport, TrainBatches
 from .evaluation import GenerationSettings, evaluate
 from .logger import RunLogger, format_duration, progress_bar
 from .schedule import LRSchedule
@@ -50,6 +50,7 @@ class Run:
     stop_requested: Callable[[], bool] = lambda: False
     start_step: int = 0  # where this process started (after a resume), for the ETA
     seconds_this_run: float = 0.0  # training time since start_step
+    reported_skips: int = 0  # streaming: skipped rows already reported
 
 
 def train(run: Run) -> None:
@@ -199,6 +200,25 @@ def log_training(run: Run, window: LogWindow, learning_rate: float, grad_norm: t
     if "peak_memory_gb" in record:
         line += f" | peak_mem {record['peak_memory_gb']:.1f} GB"
     run.logger.info(line)
+    report_stream_skips(run)
+
+
+def report_stream_skips(run: Run) -> None:
+    """A stream reveals bad rows as it reads them: print the running count when it grows."""
+    batches = run.train_batches
+    if batches.stream is None:
+        return
+    report = batches.report
+    if run.accelerator.num_processes > 1:  # every process reads its own part of the stream
+        from accelerate.utils import gather_object
+
+        report = SkipReport(split=batches.report.split)
+        for part in gather_object([batches.report]):
+            report.merge(part)
+    skipped = sum(report.skipped.values())
+    if skipped != run.reported_skips:
+        run.reported_skips = skipped
+        run.logger.info(f"  streamed so far: {report.summary()}")
 
 
 def epoch_progress(run: Run) -> float:

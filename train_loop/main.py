@@ -67,7 +67,7 @@ def run(config: TrainConfig, argv: list[str]) -> None:
     resume_step = TrainerState.from_file(os.path.join(resume_path, STATE_FILE)).step if resume_path else None
     logger = RunLogger(output_dir, accelerator.is_main_process, accelerator, resume_step)
     logger.info(f"whisper train_loop | {accelerator.num_processes} process(es) on "
-                f"{accelerator.device.type} | mixed precision {config.training.mixed_precision} | "
+                f"{accelerator.device.type} | mixed precision {accelerator.mixed_precision} | "
                 f"output {output_dir}")
 
     # 2. Model and processor.

@@ -45,7 +45,11 @@ def load_model(config: ModelConfig, processor):
     if config.freeze_encoder:
         model.model.encoder.requires_grad_(False)
     if config.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        kwargs = {"use_reentrant": False}
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.20
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
         model.config.use_cache = False  # a KV cache is useless in training and conflicts with recomputation
     frames = processor.feature_extractor.nb_max_frames
     if model.config.max_source_positions * 2 != frames:

@@ -32,25 +32,30 @@ class LRSchedule:
 
     def __call__(self, step: int) -> float:
         """Learning rate of optimizer step ``step`` (1-based)."""
+        return self.peak * self.factor(step)
+
+    def factor(self, step: int) -> float:
+        """``lr(step) / peak``, computed so that the end of warmup is exactly 1.0."""
         if self.warmup_steps and step <= self.warmup_steps:
-            return self.peak * step / self.warmup_steps
+            return step / self.warmup_steps
         if self.kind == "constant":
-            return self.peak
+            return 1.0
         # Progress through the decay, 0 right after warmup; it reaches 1 one step after the
         # last, so the final step still learns something.
         span = max(1, self.total_steps - self.warmup_steps + 1)
         progress = min(1.0, (step - self.warmup_steps) / span)
         if self.kind == "linear":
-            factor = 1.0 - progress
+            decay = 1.0 - progress
         elif self.kind == "cosine":
-            factor = 0.5 * (1.0 + math.cos(math.pi * progress))
+            decay = 0.5 * (1.0 + math.cos(math.pi * progress))
         else:
             raise ValueError(f"unknown schedule {self.kind!r}")
-        return self.min_lr + (self.peak - self.min_lr) * factor
+        floor = self.min_lr / self.peak
+        return floor + (1.0 - floor) * decay
 
     def multiplier(self, scheduler_steps_done: int) -> float:
         """For ``LambdaLR``: after ``n`` scheduler steps, the next optimizer step is ``n + 1``."""
-        return self(scheduler_steps_done + 1) / self.peak
+        return self.factor(scheduler_steps_done + 1)
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, schedule: LRSchedule) -> torch.optim.lr_scheduler.LambdaLR:

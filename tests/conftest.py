@@ -1,0 +1,119 @@
+"""Shared test fixtures: a tiny random Whisper and generated audio, fully offline."""
+
+from __future__ import annotations
+
+import csv
+import os
+import sys
+from pathlib import Path
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+SENTENCES = ["Мая сям'я дома.", "Наш сабака шукае хлеб.", "Стары воўк у лесе!",
+             "Бабуля чакае раніцай.", "Новую кнігу купляе.", "Раз’яднаць ўсё?",
+             "Цёплы хлеб на двары.", "Мой сябар малюе."]
+
+
+def tone(seconds: float, sampling_rate: int = 16000, freq: float = 220.0, channels: int = 1) -> np.ndarray:
+    t = np.arange(int(seconds * sampling_rate)) / sampling_rate
+    wave = 0.2 * np.sin(2 * np.pi * freq * t) * (1 + 0.3 * np.sin(2 * np.pi * 3 * t))
+    wave = wave.astype(np.float32)
+    return np.stack([wave] * channels, axis=1) if channels > 1 else wave
+
+
+def write_audiofolder(root: Path, splits: dict[str, list[str]], seconds: float = 1.0,
+                      text_column: str = "sentence") -> Path:
+    """{split}/metadata.csv + one generated wav per transcript (frequency varies per row)."""
+    for split, texts in splits.items():
+        folder = root / split
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / "metadata.csv", "w", encoding="utf-8", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["file_name", text_column])
+            for index, text in enumerate(texts):
+                name = f"{split}-{index:03d}.wav"
+                sf.write(folder / name, tone(seconds, freq=150 + 40 * (index % 9)), 16000)
+                writer.writerow([name, text])
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> str:
+    """A random Whisper (d_model 32, 1+1 layers) with the real multilingual tokenizer and a
+    2 s input window (200 frames), so a training step takes milliseconds on CPU."""
+    from train_loop.model import build_tiny_whisper
+
+    path = tmp_path_factory.mktemp("tiny-whisper")
+    return build_tiny_whisper(str(path), chunk_length=2, d_model=32, layers=1, heads=2)
+
+
+@pytest.fixture(scope="session")
+def processor(tiny_model_dir):
+    from train_loop.model import load_processor
+
+    return load_processor(tiny_model_dir, "be", "transcribe")
+
+
+@pytest.fixture
+def dataset_dir(tmp_path) -> Path:
+    return write_audiofolder(tmp_path / "data", {
+        "train": SENTENCES, "validation": SENTENCES[:4], "test": SENTENCES[4:]})
+
+
+def train_args(model_dir: str, data_dir, output_dir, cache_dir, **overrides) -> list[str]:
+    """Flags for a fast CPU run; keyword arguments override or add flags."""
+    flags = {
+        "model_name_or_path": model_dir, "data_dir": str(data_dir), "output_dir": str(output_dir),
+        "cache_dir": str(cache_dir), "max_steps": 4, "per_device_train_batch_size": 2,
+        "learning_rate": 1e-3, "warmup_steps": 1, "logging_steps": 1, "eval_steps": 0,
+        "save_steps": 0, "per_device_eval_batch_size": 4, "generation_max_length": 8,
+        "dataloader_num_workers": 0, "max_duration_in_seconds": 2, "report_to": "none",
+        "seed": 0,
+    }
+    flags.update(overrides)
+    args = []
+    for key, value in flags.items():
+        args += [f"--{key}", str(value)]
+    return args
+
+
+def write_bad_rows(root):
+    """Good clips plus every kind of broken row a real dataset has."""
+    folder = root / "train"
+    folder.mkdir(parents=True)
+    rows = []
+    for i, text in enumerate(SENTENCES[:4]):
+        sf.write(folder / f"good{i}.wav", tone(1.0), 16000)
+        rows.append((f"good{i}.wav", text))
+    sf.write(folder / "stereo8k.wav", tone(1.0, 8000, channels=2), 8000)  # usable: resampled, mixed
+    rows.append(("stereo8k.wav", "Стэрэа."))
+    (folder / "corrupt.wav").write_bytes(b"RIFF\x10\x00\x00\x00WAVEfmt garbage")
+    rows.append(("corrupt.wav", "Сапсаваны файл."))
+    with open(folder / "truncated.wav", "wb") as handle:  # header promises more than is there
+        sf.write(folder / "full.wav", tone(1.0), 16000)
+        handle.write((folder / "full.wav").read_bytes()[:60])
+    (folder / "full.wav").unlink()
+    rows.append(("truncated.wav", "Абрэзаны файл."))
+    rows.append(("missing.wav", "Файла няма."))
+    sf.write(folder / "empty_text.wav", tone(1.0), 16000)
+    rows.append(("empty_text.wav", ""))
+    sf.write(folder / "long.wav", tone(3.0), 16000)  # the tiny model hears 2 s
+    rows.append(("long.wav", "Доўгі запіс."))
+    sf.write(folder / "short.wav", tone(0.1), 16000)
+    rows.append(("short.wav", "Кароткі."))
+    sf.write(folder / "wordy.wav", tone(1.0), 16000)
+    rows.append(("wordy.wav", " ".join(["слова"] * 40)))
+    with open(folder / "metadata.csv", "w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["file_name", "sentence"])
+        writer.writerows(rows)
+    return root

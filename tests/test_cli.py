@@ -1,0 +1,54 @@
+"""The standalone tools: evaluation of a saved model, dataset statistics."""
+
+import json
+
+import jiwer
+import pytest
+
+from train_loop import evaluate as evaluate_cli
+from train_loop import stats as stats_cli
+from train_loop.text import BelarusianTextNormalizer
+from conftest import write_bad_rows
+
+
+def test_evaluate_a_saved_model_on_a_split(tiny_model_dir, dataset_dir, tmp_path, capsys):
+    out = tmp_path / "eval-out"
+    code = evaluate_cli.main(["--model", tiny_model_dir, "--data_dir", str(dataset_dir), "--split", "test",
+                              "--output_dir", str(out), "--cache_dir", str(tmp_path / "c"),
+                              "--per_device_eval_batch_size", "3", "--generation_max_length", "6",
+                              "--dataloader_num_workers", "0"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "WER table" in printed and "| test" in printed
+    rows = [json.loads(line) for line in (out / "eval" / "test-predictions.jsonl").read_text().splitlines()]
+    assert len(rows) == 4 and len({row["id"] for row in rows}) == 4
+    result = json.loads((out / "eval" / "test-results.json").read_text())
+    normalize = BelarusianTextNormalizer()
+    expected = 100 * jiwer.wer([normalize(r["reference"]) for r in rows],
+                               [normalize(r["prediction"]) for r in rows])
+    assert result["wer"] == pytest.approx(expected)
+    assert f"{expected:.2f}" in printed
+
+
+def test_evaluate_reports_a_missing_model_as_one_line(tmp_path, dataset_dir, capsys):
+    code = evaluate_cli.main(["--model", str(tmp_path / "no-model"), "--data_dir", str(dataset_dir)])
+    assert code == 2
+    assert "error: --model_name_or_path" in capsys.readouterr().err
+
+
+def test_stats_counts_hours_percentiles_and_drops(tiny_model_dir, tmp_path, capsys):
+    root = write_bad_rows(tmp_path / "data")
+    code = stats_cli.main(["--data_dir", str(root), "--splits", "train", "--model_name_or_path", tiny_model_dir,
+                           "--cache_dir", str(tmp_path / "c"), "--min_duration_in_seconds", "0.5",
+                           "--max_label_length", "40"])
+    assert code == 0
+    out = capsys.readouterr().out
+    # 12 rows: 3 unreadable, 1 empty transcript, 8 decodable (one of them 3 s long).
+    assert "12 listed, 8 decodable with a transcript" in out
+    assert f"{(6 * 1.0 + 0.1 + 3.0) / 3600:.2f} hours" in out
+    assert "duration s:" in out and "p50 1.00" in out and "max 3.00" in out
+    assert "label tokens:" in out
+    assert "training would drop 7" in out
+    for reason in ("3 unreadable audio", "1 empty transcript", "1 longer than the model's input window",
+                   "1 shorter than --min_duration_in_seconds", "1 transcript longer than --max_label_length"):
+        assert reason in out

@@ -1,0 +1,83 @@
+import dataclasses
+import subprocess
+import sys
+
+import pytest
+
+from train_loop.config import TRAIN_SECTIONS, TrainConfig, parse_train_config
+from train_loop.errors import UserError
+
+BASE = ["--output_dir", "out", "--data_dir", "data"]
+
+
+def test_yaml_recipe_is_read_and_command_line_overrides_it(tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("learning_rate: 3.0e-5\nmax_steps: 100\nstreaming: true\n"
+                      "gradient_checkpointing: yes\nsave_total_limit: 2\n")
+    config = parse_train_config(BASE + ["--config", str(recipe), "--max_steps", "7"])
+    assert config.training.learning_rate == 3e-5
+    assert config.training.max_steps == 7  # the flag wins over the file
+    assert config.source.streaming is True
+    assert config.model.gradient_checkpointing is True
+    assert config.checkpoint.save_total_limit == 2
+
+
+def test_boolean_flags_accept_bare_and_explicit_values():
+    assert parse_train_config(BASE + ["--gradient_checkpointing"]).model.gradient_checkpointing
+    assert not parse_train_config(BASE + ["--gradient_checkpointing", "false"]).model.gradient_checkpointing
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--learning_rat", "1e-4"], "unknown flag --learning_rat (did you mean --learning_rate?)"),
+    (["--lr_scheduler_type", "exp"], "invalid choice: 'exp'"),
+    (["--max_steps", "ten"], "invalid int value: 'ten'"),
+])
+def test_bad_flags_name_the_flag(argv, message):
+    with pytest.raises(UserError) as err:
+        parse_train_config(BASE + argv)
+    assert message in str(err.value)
+
+
+def test_recipe_with_unknown_key_or_bad_value_names_file_and_key(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("lerning_rate: 1e-4\n")
+    with pytest.raises(UserError, match=r"r\.yaml: unknown key 'lerning_rate' \(did you mean learning_rate\?\)"):
+        parse_train_config(BASE + ["--config", str(recipe)])
+    recipe.write_text("max_steps: many\n")
+    with pytest.raises(UserError, match="recipe key 'max_steps': expected int, got 'many'"):
+        parse_train_config(BASE + ["--config", str(recipe)])
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--output_dir", "o"], "exactly one data source"),
+    (["--output_dir", "o", "--data_dir", "d", "--dataset_name", "x"], "exactly one data source"),
+    (["--data_dir", "d"], "--output_dir is required"),
+    (BASE + ["--streaming"], "--streaming needs --max_steps"),
+    (BASE + ["--max_duration_in_seconds", "40"], "cannot exceed 30"),
+    (BASE + ["--warmup_steps", "10", "--max_steps", "5"], "longer than --max_steps"),
+])
+def test_inconsistent_flags_are_rejected(argv, message):
+    with pytest.raises(UserError, match=message):
+        parse_train_config(argv)
+
+
+def test_help_lists_every_flag_with_its_default():
+    out = subprocess.run([sys.executable, "-m", "train_loop.main", "--help"], capture_output=True,
+                         text=True, check=True).stdout
+    flat = TrainConfig().to_flat_dict()
+    for name, default in flat.items():
+        assert f"--{name}" in out, name
+    assert "(default: 1e-05)" in out and "(default: validation)" in out
+    # The flags the issue names, HF-style.
+    for name in ["train_split_name", "eval_split_name", "test_split_name", "audio_column_name",
+                 "text_column_name", "gradient_accumulation_steps", "lr_scheduler_type",
+                 "mixed_precision", "max_eval_samples", "generation_max_length", "num_beams",
+                 "streaming", "preprocessing_num_workers", "dataloader_num_workers",
+                 "min_duration_in_seconds", "max_duration_in_seconds", "seed", "resume_from",
+                 "save_total_limit", "metric_for_best_model"]:
+        assert name in flat
+
+
+def test_flag_names_are_unique_across_sections():
+    names = [f.name for cls in TRAIN_SECTIONS.values() for f in dataclasses.fields(cls)]
+    assert len(names) == len(set(names))

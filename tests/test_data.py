@@ -1,0 +1,104 @@
+import numpy as np
+import pytest
+
+from train_loop.config import DataConfig, ModelConfig, SourceConfig
+from train_loop.data import (ShardedBatchSampler, StreamingBatches, collator_for, eval_batches,
+                             featurizer_for, prepare_split)
+from train_loop.features import (SKIP_EMPTY_TEXT, SKIP_LABEL_TOO_LONG, SKIP_OVER_WINDOW,
+                                 SKIP_TOO_SHORT, SKIP_UNREADABLE, Filters)
+from train_loop.sources import load_rows
+from conftest import SENTENCES, write_audiofolder, write_bad_rows
+
+
+FILTERS = Filters(min_seconds=0.5, max_seconds=2.0, max_label_tokens=40)
+EXPECTED_SKIPS = {SKIP_UNREADABLE: 3, SKIP_EMPTY_TEXT: 1, SKIP_OVER_WINDOW: 1, SKIP_TOO_SHORT: 1,
+                  SKIP_LABEL_TOO_LONG: 1}
+
+
+def test_bad_rows_are_skipped_counted_and_named(tmp_path, processor):
+    root = write_bad_rows(tmp_path / "data")
+    featurizer = featurizer_for(processor, DataConfig(), "belarusian")
+    prepared = prepare_split(load_rows(SourceConfig(data_dir=str(root)), "train"), featurizer,
+                             FILTERS, str(tmp_path / "cache"), num_proc=1, cache_key="k")
+    assert prepared.report.rows == 12
+    assert dict(prepared.report.skipped) == EXPECTED_SKIPS
+    assert len(prepared) == 5
+    kept = sorted(prepared[i]["id"] for i in range(len(prepared)))
+    assert kept == sorted([f"train/good{i}.wav" for i in range(4)] + ["train/stereo8k.wav"])
+    summary = prepared.report.summary()
+    assert "12 clips, 5 used, 7 skipped" in summary
+    assert "3 unreadable audio" in summary and "corrupt.wav" in summary
+
+
+def test_streaming_skips_the_same_rows_and_counts_them(tmp_path, processor):
+    root = write_bad_rows(tmp_path / "data")
+    rows = load_rows(SourceConfig(data_dir=str(root)), "train", streaming=True)
+    stream = StreamingBatches(rows.rows, featurizer_for(processor, DataConfig(), "belarusian"), FILTERS,
+                              collator_for(processor, ModelConfig()), batch_size=2, drop_last=True)
+    batches = list(stream)
+    skipped = {}
+    for batch in batches:
+        for reason, count in batch["skipped"].skipped.items():
+            skipped[reason] = skipped.get(reason, 0) + count
+    used = [clip for batch in batches for clip in batch["ids"]]
+    assert len(used) == 4 and all(len(b["ids"]) in (0, 2) for b in batches)
+    # 5 usable clips in batches of 2: one is left over at the end of the epoch, and counted.
+    assert sum(skipped.values()) == 12 - 4
+    assert {k: v for k, v in skipped.items() if k in EXPECTED_SKIPS} == EXPECTED_SKIPS
+
+
+def test_prepared_features_are_cached_and_reused(tmp_path, processor):
+    root = write_audiofolder(tmp_path / "data", {"train": SENTENCES})
+    source = SourceConfig(data_dir=str(root))
+    featurizer = featurizer_for(processor, DataConfig(), "belarusian")
+    first = prepare_split(load_rows(source, "train"), featurizer, FILTERS, str(tmp_path / "c"), 2, "k")
+
+    class Exploding:
+        feature_extractor = featurizer.feature_extractor
+        feature_dtype = featurizer.feature_dtype
+
+        def __call__(self, *args):
+            raise AssertionError("a cached split must not be decoded again")
+
+    second = prepare_split(load_rows(source, "train"), Exploding(), FILTERS, str(tmp_path / "c"), 2, "k")
+    assert len(second) == len(first) == len(SENTENCES)
+    np.testing.assert_array_equal(second[3]["input_features"], first[3]["input_features"])
+    # Another processor setting is another cache entry.
+    with pytest.raises(AssertionError, match="must not be decoded again"):
+        prepare_split(load_rows(source, "train"), Exploding(), FILTERS, str(tmp_path / "c"), 1, "other-key")
+
+
+def _epoch(sampler, epoch, start=0):
+    sampler.set_epoch(epoch, start)
+    return list(sampler)
+
+
+def test_two_processes_see_exactly_the_clips_of_one_process_with_twice_the_batch():
+    one = ShardedBatchSampler(103, batch_size=4, seed=7)
+    two = [ShardedBatchSampler(103, batch_size=2, num_processes=2, process_index=r, seed=7) for r in (0, 1)]
+    single = _epoch(one, 3)
+    split = [_epoch(s, 3) for s in two]
+    assert len(single) == len(split[0]) == len(split[1]) == 103 // 4
+    for big, a, b in zip(single, *split):
+        assert big == a + b
+    # batch 2 with 2 accumulation steps on one process reads the same clips per optimizer step
+    small = _epoch(ShardedBatchSampler(103, batch_size=2, seed=7), 3)
+    assert [small[2 * i] + small[2 * i + 1] for i in range(len(single))] == single
+
+
+def test_sampler_resumes_at_a_batch_and_reshuffles_each_epoch():
+    sampler = ShardedBatchSampler(50, batch_size=5, seed=1)
+    full = _epoch(sampler, 0)
+    assert _epoch(sampler, 0, start=4) == full[4:]
+    assert len(sampler) == 10 - 4
+    assert _epoch(sampler, 1) != full
+    assert sorted(i for b in full for i in b) == list(range(50))
+
+
+def test_eval_batches_cover_every_clip_once_longest_first_with_equal_counts():
+    durations = np.array([1.0, 5.0, 3.0, 2.0, 4.0, 0.5, 2.5])
+    per_process = [eval_batches(durations, 2, 3, rank) for rank in range(3)]
+    assert len({len(b) for b in per_process}) == 1  # ZeRO-3 generation needs equal counts
+    seen = [i for batches in per_process for batch in batches for i in batch]
+    assert set(seen) == set(range(7))
+    assert per_process[0][0][0] == 1  # the longest clip goes first

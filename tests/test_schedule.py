@@ -1,0 +1,46 @@
+import math
+
+import pytest
+import torch
+
+from train_loop.schedule import LRSchedule, make_scheduler
+
+
+@pytest.mark.parametrize("kind", ["linear", "cosine", "constant"])
+def test_peak_is_exactly_the_learning_rate_at_the_end_of_warmup(kind):
+    schedule = LRSchedule(kind, peak=1e-4, warmup_steps=500, total_steps=12000)
+    assert schedule(500) == 1e-4
+    assert schedule(1) == pytest.approx(1e-4 / 500)
+    assert all(schedule(s) < 1e-4 for s in range(1, 500))
+
+
+def test_linear_decays_to_min_and_every_step_still_learns():
+    schedule = LRSchedule("linear", peak=1.0, warmup_steps=10, total_steps=110, min_lr=0.0)
+    values = [schedule(s) for s in range(10, 111)]
+    assert values == sorted(values, reverse=True)
+    assert schedule(110) > 0
+    assert schedule(60) == pytest.approx(1.0 - 50 / 101)
+
+
+def test_cosine_halfway_is_half_the_peak():
+    schedule = LRSchedule("cosine", peak=2.0, warmup_steps=0, total_steps=99)
+    assert schedule(50) == pytest.approx(2.0 * 0.5 * (1 + math.cos(math.pi * 50 / 100)))
+    assert schedule(1) == pytest.approx(2.0, rel=1e-3)
+
+
+def test_min_learning_rate_floor():
+    schedule = LRSchedule("linear", peak=1e-3, warmup_steps=0, total_steps=10, min_lr=1e-5)
+    assert min(schedule(s) for s in range(1, 11)) > 1e-5
+
+
+def test_torch_scheduler_gives_each_optimizer_step_its_scheduled_rate():
+    schedule = LRSchedule("linear", peak=0.1, warmup_steps=3, total_steps=10)
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=123.0)
+    scheduler = make_scheduler(optimizer, schedule)
+    used = []
+    for _ in range(10):
+        used.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert used == pytest.approx([schedule(s) for s in range(1, 11)])
+    assert used[2] == 0.1

@@ -1,0 +1,74 @@
+import csv
+
+import pytest
+import soundfile as sf
+
+from train_loop.config import SourceConfig
+from train_loop.errors import UserError
+from train_loop.sources import has_split, load_rows
+from conftest import SENTENCES, tone, write_audiofolder
+
+
+def write_common_voice(root, splits):
+    """A Common Voice release as Mozilla ships it: {split}.tsv + clips/*.mp3 (48 kHz)."""
+    (root / "clips").mkdir(parents=True)
+    for split, texts in splits.items():
+        with open(root / f"{split}.tsv", "w", encoding="utf-8", newline="") as handle:
+            writer = csv.writer(handle, delimiter="\t", quoting=csv.QUOTE_NONE, escapechar="\\")
+            writer.writerow(["client_id", "path", "sentence", "up_votes", "down_votes", "age", "gender"])
+            for i, text in enumerate(texts):
+                name = f"common_voice_be_{split}_{i}.mp3"
+                sf.write(root / "clips" / name, tone(1.0, 48000), 48000, format="MP3")
+                writer.writerow([f"speaker{i}", name, text, 2, 0, "", ""])
+    return root
+
+
+def test_audiofolder_rows(tmp_path):
+    root = write_audiofolder(tmp_path, {"train": SENTENCES[:3]})
+    rows = load_rows(SourceConfig(data_dir=str(root)), "train")
+    assert rows.num_rows == 3
+    assert rows.rows.column_names == ["id", "audio", "text"]
+    assert rows.rows[0]["text"] == SENTENCES[0]
+    assert rows.rows[0]["audio"].endswith("train/train-000.wav")
+
+
+def test_common_voice_release_folder_loads_and_decodes_mp3(tmp_path, processor):
+    from train_loop.data import featurizer_for
+    from train_loop.config import DataConfig
+
+    root = write_common_voice(tmp_path / "cv", {"train": SENTENCES[:2], "dev": SENTENCES[2:4]})
+    source = SourceConfig(data_dir=str(root))
+    rows = load_rows(source, "train")
+    assert rows.num_rows == 2 and rows.rows[1]["text"] == SENTENCES[1]
+    # Hugging Face calls Mozilla's dev split "validation": both names work.
+    assert load_rows(source, "validation").num_rows == 2
+    example = featurizer_for(processor, DataConfig(), "belarusian")(
+        rows.rows[0]["id"], rows.rows[0]["audio"], rows.rows[0]["text"])
+    assert example["skip_reason"] == ""
+    assert example["duration"] == pytest.approx(1.0, abs=0.06)  # 48 kHz mp3 resampled to 16 kHz
+
+
+def test_plus_concatenates_every_row_of_every_split(tmp_path):
+    root = write_audiofolder(tmp_path, {"train": SENTENCES, "validation": SENTENCES[:2]})
+    rows = load_rows(SourceConfig(data_dir=str(root)), "train+validation")
+    assert rows.num_rows == len(SENTENCES) + 2 == len(rows.rows)
+    assert len(set(rows.rows["id"])) == rows.num_rows
+
+
+def test_streaming_local_rows(tmp_path):
+    root = write_audiofolder(tmp_path, {"train": SENTENCES})
+    rows = load_rows(SourceConfig(data_dir=str(root)), "train", streaming=True)
+    assert sorted(row["text"] for row in rows.rows) == sorted(SENTENCES)
+
+
+def test_missing_folder_split_and_column_are_clear_errors(tmp_path):
+    with pytest.raises(UserError, match=r"--data_dir .*nowhere: no such folder"):
+        load_rows(SourceConfig(data_dir=str(tmp_path / "nowhere")), "train")
+    root = write_audiofolder(tmp_path / "d", {"train": SENTENCES[:2]})
+    with pytest.raises(UserError, match=r"has no split 'test': expected test/metadata.csv"):
+        load_rows(SourceConfig(data_dir=str(root)), "test")
+    with pytest.raises(UserError, match=r"metadata.csv has no column 'transcript' \(columns: file_name, sentence\); "
+                                        r"pass --text_column_name"):
+        load_rows(SourceConfig(data_dir=str(root), text_column_name="transcript"), "train")
+    assert has_split(SourceConfig(data_dir=str(root)), "train")
+    assert not has_split(SourceConfig(data_dir=str(root)), "train+test")

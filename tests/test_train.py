@@ -1,0 +1,145 @@
+"""End-to-end runs of the training entry point on a tiny model (a few seconds each)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from train_loop import main as train_main
+from conftest import ROOT, train_args
+
+
+def metrics(output_dir, key="loss"):
+    with open(os.path.join(output_dir, "metrics.jsonl"), encoding="utf-8") as handle:
+        rows = [json.loads(line) for line in handle]
+    return [row for row in rows if key in row]
+
+
+def test_loss_decreases_on_a_fixed_batch(tiny_model_dir, dataset_dir, tmp_path):
+    out = tmp_path / "run"
+    code = train_main.main(train_args(
+        tiny_model_dir, dataset_dir, out, tmp_path / "cache", max_train_samples=4,
+        per_device_train_batch_size=4, max_steps=30, learning_rate=2e-2, warmup_steps=2,
+        eval_split_name="none", test_split_name="none"))
+    assert code == 0
+    losses = [row["loss"] for row in metrics(out)]
+    assert len(losses) == 30
+    assert losses[-1] < 0.5 * losses[0]
+    rows = metrics(out)
+    assert {"step", "loss", "learning_rate", "grad_norm", "samples_per_second", "epoch"} <= set(rows[0])
+    assert rows[1]["learning_rate"] == 2e-2  # warmup ends at step 2 exactly on the peak
+
+
+def _final_weights(path):
+    return load_file(os.path.join(path, "model.safetensors"))
+
+
+def test_batch_4_equals_batch_2_with_2_accumulation_steps(tiny_model_dir, dataset_dir, tmp_path):
+    """Transcripts differ in length, so averaging per micro-batch would give another gradient."""
+    common = dict(max_steps=3, eval_split_name="none", test_split_name="none", learning_rate=1e-2,
+                  warmup_steps=0, lr_scheduler_type="constant")
+    big, small = tmp_path / "big", tmp_path / "small"
+    assert train_main.main(train_args(tiny_model_dir, dataset_dir, big, tmp_path / "c",
+                                      per_device_train_batch_size=4, **common)) == 0
+    assert train_main.main(train_args(tiny_model_dir, dataset_dir, small, tmp_path / "c",
+                                      per_device_train_batch_size=2, gradient_accumulation_steps=2,
+                                      **common)) == 0
+    for a, b in zip(metrics(big), metrics(small)):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
+    wa, wb = _final_weights(big), _final_weights(small)
+    start = load_file(os.path.join(tiny_model_dir, "model.safetensors"))
+    moved = max((wa[k] - start[k]).abs().max().item() for k in wa)
+    assert moved > 1e-3  # the runs did learn something
+    for key in wa:
+        torch.testing.assert_close(wa[key], wb[key], rtol=0, atol=2e-6)
+
+
+def test_log_lines_reach_a_pipe_before_the_run_ends(tiny_model_dir, dataset_dir, tmp_path):
+    args = train_args(tiny_model_dir, dataset_dir, tmp_path / "run", tmp_path / "c", max_steps=100000,
+                      eval_split_name="none", test_split_name="none")
+    process = subprocess.Popen([sys.executable, "-m", "train_loop.main", *args], cwd=ROOT,
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        for line in process.stdout:
+            if line.startswith("step 1/100000 | "):
+                break
+        else:
+            pytest.fail("the process ended without printing a step line")
+        assert process.poll() is None, "the line arrived only when the process ended"
+        assert "| loss " in line and "| lr " in line and "samples/s" in line and "eta" in line
+    finally:
+        process.kill()
+        process.wait()
+
+
+def test_final_model_and_checkpoint_load_in_a_pipeline(tiny_model_dir, dataset_dir, tmp_path):
+    from transformers import pipeline
+    from conftest import tone
+
+    out = tmp_path / "run"
+    assert train_main.main(train_args(tiny_model_dir, dataset_dir, out, tmp_path / "c", max_steps=2,
+                                      save_steps=1, eval_steps=2, gradient_checkpointing="true",
+                                      report_to="tensorboard")) == 0
+    for path in (out, out / "checkpoint-1"):
+        asr = pipeline("automatic-speech-recognition", model=str(path), device="cpu")
+        assert isinstance(asr(tone(1.0))["text"], str)
+    config = json.loads((out / "config.json").read_text())
+    assert config["use_cache"] is True  # switched off for checkpointed training, back on for users
+    generation = json.loads((out / "generation_config.json").read_text())
+    assert generation["language"] == "be" and generation["task"] == "transcribe"
+    assert (out / "eval" / "step-2.jsonl").exists() and (out / "eval" / "test-step-2.jsonl").exists()
+    results = json.loads((out / "results.json").read_text())
+    assert [e["split"] for e in results["evaluations"]] == ["validation", "test"]
+    assert (out / "train.log").read_text().count("WER table") == 1
+    assert any(name.startswith("events.out.tfevents") for _, _, files in os.walk(out / "tensorboard")
+               for name in files)
+
+
+@pytest.mark.parametrize("extra, expected", [
+    (["--data_dir", "/nonexistent/data"], "error: --data_dir /nonexistent/data: no such folder"),
+    (["--text_column_name", "transcript"], "has no column 'transcript'"),
+    (["--lerning_rate", "1"], "error: unknown flag --lerning_rate (did you mean --learning_rate?)"),
+])
+def test_user_errors_are_one_line_without_traceback(tiny_model_dir, dataset_dir, tmp_path, extra, expected):
+    args = train_args(tiny_model_dir, dataset_dir, tmp_path / "run", tmp_path / "c") + extra
+    result = subprocess.run([sys.executable, "-m", "train_loop.main", *args], cwd=ROOT,
+                            capture_output=True, text=True)
+    assert result.returncode == 2
+    assert expected in result.stderr
+    assert "Traceback" not in result.stderr
+    assert len([line for line in result.stderr.splitlines() if line.startswith("error:")]) == 1
+
+
+def test_streaming_run_decodes_in_workers_and_reports_skipped_rows(tiny_model_dir, tmp_path, capsys):
+    from conftest import write_bad_rows, write_audiofolder, SENTENCES
+
+    root = write_bad_rows(tmp_path / "data")
+    write_audiofolder(root, {"validation": SENTENCES[:3]})
+    out = tmp_path / "run"
+    code = train_main.main(train_args(
+        tiny_model_dir, root, out, tmp_path / "c", streaming="true", max_steps=6,
+        dataloader_num_workers=1, shuffle_buffer_size=4, eval_steps=6, test_split_name="none",
+        min_duration_in_seconds=0.5, max_label_length=40))
+    assert code == 0
+    log = capsys.readouterr().out
+    assert "streamed so far: train:" in log and "unreadable audio" in log
+    rows = metrics(out)
+    assert len(rows) == 6 and all(r["samples_per_second"] > 0 for r in rows)
+    evals = metrics(out, "eval_wer")
+    assert evals[0]["eval_samples"] == 3
+
+
+def test_accelerate_launch_runs_the_script_path(tiny_model_dir, dataset_dir, tmp_path):
+    """`accelerate launch train_loop/main.py` runs main.py as a file, not as a module."""
+    args = train_args(tiny_model_dir, dataset_dir, tmp_path / "run", tmp_path / "c", max_steps=2,
+                      eval_split_name="none", test_split_name="none")
+    result = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1",
+                             "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                             "train_loop/main.py", *args], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "step 2/2 | " in result.stdout
