@@ -72,3 +72,43 @@ def test_missing_folder_split_and_column_are_clear_errors(tmp_path):
         load_rows(SourceConfig(data_dir=str(root), text_column_name="transcript"), "train")
     assert has_split(SourceConfig(data_dir=str(root)), "train")
     assert not has_split(SourceConfig(data_dir=str(root)), "train+test")
+
+
+def write_hub_style_parquet(root, splits):
+    """A dataset as the Hub stores it: parquet shards with an Audio column holding bytes."""
+    import io
+
+    import datasets
+
+    for split, texts in splits.items():
+        audio = []
+        for i in range(len(texts)):
+            buffer = io.BytesIO()
+            sf.write(buffer, tone(1.0, 48000), 48000, format="WAV")
+            audio.append({"bytes": buffer.getvalue(), "path": f"{split}_{i}.wav"})
+        table = datasets.Dataset.from_dict({"audio": audio, "sentence": texts, "client_id": ["c"] * len(texts)})
+        table = table.cast_column("audio", datasets.Audio(sampling_rate=48000))
+        (root / "data").mkdir(parents=True, exist_ok=True)
+        table.to_parquet(str(root / "data" / f"{split}-00000-of-00001.parquet"))
+    return root
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_hub_dataset_path_reads_audio_bytes_without_torchcodec(tmp_path, processor, streaming):
+    """--dataset_name goes through datasets.load_dataset; a local folder of parquet shards
+    stands in for the Hub here. Audio stays undecoded bytes until our decoder reads it."""
+    from train_loop.config import DataConfig
+    from train_loop.data import featurizer_for
+
+    root = write_hub_style_parquet(tmp_path / "hub", {"train": SENTENCES[:3], "test": SENTENCES[3:5]})
+    source = SourceConfig(dataset_name=str(root))
+    rows = load_rows(source, "train", streaming=streaming)
+    first = next(iter(rows.rows))
+    assert first["text"] == SENTENCES[0] and first["id"] == "train/0"
+    assert isinstance(first["audio"]["bytes"], bytes)
+    example = featurizer_for(processor, DataConfig(), "belarusian")(first["id"], first["audio"], first["text"])
+    assert example["skip_reason"] == "" and example["duration"] == pytest.approx(1.0, abs=0.01)
+    assert has_split(source, "test") and not has_split(source, "validation")
+    with pytest.raises(UserError, match=r"has no column 'transcript' \(columns: audio, sentence, client_id\); "
+                                        r"pass --text_column_name"):
+        load_rows(SourceConfig(dataset_name=str(root), text_column_name="transcript"), "train", streaming)

@@ -143,3 +143,14 @@ def test_accelerate_launch_runs_the_script_path(tiny_model_dir, dataset_dir, tmp
                              "train_loop/main.py", *args], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "step 2/2 | " in result.stdout
+
+
+def test_adafactor_option_trains(tiny_model_dir, dataset_dir, tmp_path):
+    out = tmp_path / "run"
+    assert train_main.main(train_args(tiny_model_dir, dataset_dir, out, tmp_path / "c", optim="adafactor",
+                                      max_steps=3, eval_split_name="none", test_split_name="none")) == 0
+    losses = [row["loss"] for row in metrics(out)]
+    assert len(losses) == 3 and all(loss == loss for loss in losses)  # finite, not NaN
+    start = load_file(os.path.join(tiny_model_dir, "model.safetensors"))
+    final = _final_weights(out)
+    assert any(not torch.equal(start[k], final[k]) for k in final)

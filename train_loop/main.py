@@ -186,7 +186,8 @@ def finish(run: Run) -> None:
                         "(--test_split_name none silences this)")
     if accelerator.is_main_process:
         write_results(output_dir, state, cfg)
-        logger.info(format_wer_table(state.evaluations, cfg.eval.eval_normalizer, state.best_step))
+        if state.evaluations:
+            logger.info(format_wer_table(state.evaluations, cfg.eval.eval_normalizer, state.best_step))
 
 
 def load_weights(model, checkpoint_dir: str) -> None:
