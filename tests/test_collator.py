@@ -4,8 +4,7 @@ import torch
 
 from train_loop.collator import IGNORE_INDEX, SpeechCollator
 from train_loop.data import collator_for, featurizer_for
-from train_loop.config import DataConfig, ModelConfig
-from train_loop.features import Featurizer
+from train_loop.config import DataConfig
 from conftest import tone
 
 
@@ -16,7 +15,7 @@ def featurizer(processor):
 
 @pytest.fixture(scope="module")
 def collator(processor):
-    return collator_for(processor, ModelConfig())
+    return collator_for(processor)
 
 
 @pytest.mark.parametrize("seconds", [0.05, 0.73, 1.5, 2.0])

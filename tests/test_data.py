@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from train_loop.config import DataConfig, ModelConfig, SourceConfig
+from train_loop.config import DataConfig, SourceConfig
 from train_loop.data import (ShardedBatchSampler, StreamingBatches, collator_for, eval_batches,
                              featurizer_for, prepare_split)
 from train_loop.features import (SKIP_EMPTY_TEXT, SKIP_LABEL_TOO_LONG, SKIP_OVER_WINDOW,
@@ -34,7 +34,7 @@ def test_streaming_skips_the_same_rows_and_counts_them(tmp_path, processor):
     root = write_bad_rows(tmp_path / "data")
     rows = load_rows(SourceConfig(data_dir=str(root)), "train", streaming=True)
     stream = StreamingBatches(rows.rows, featurizer_for(processor, DataConfig(), "belarusian"), FILTERS,
-                              collator_for(processor, ModelConfig()), batch_size=2, drop_last=True)
+                              collator_for(processor), batch_size=2, drop_last=True)
     batches = list(stream)
     skipped = {}
     for batch in batches:

@@ -416,7 +416,7 @@ def cache_key(processor, data_config, eval_normalizer: str) -> str:
         eval_normalizer if data_config.do_remove_punctuation else "", data_config.prepared_feature_dtype)
 
 
-def collator_for(processor, model_config) -> SpeechCollator:
+def collator_for(processor) -> SpeechCollator:
     tokenizer = processor.tokenizer
     return SpeechCollator(
         decoder_start_token_id=tokenizer.convert_tokens_to_ids("<|startoftranscript|>"),
@@ -467,7 +467,7 @@ def eval_filters(processor) -> Filters:
 def build_train_batches(config, processor, accelerator) -> TrainBatches:
     src, data = config.source, config.data
     featurizer = featurizer_for(processor, data, config.eval.eval_normalizer)
-    collator = collator_for(processor, config.model)
+    collator = collator_for(processor)
     filters = train_filters(config, processor)
     batch_size = config.training.per_device_train_batch_size
     pin = accelerator.device.type == "cuda"
@@ -505,7 +505,7 @@ def build_eval_set(config, processor, accelerator, split: str, max_samples: int 
     src, data = config.source, config.data
     streaming = src.streaming if streaming is None else streaming
     featurizer = featurizer_for(processor, data, config.eval.eval_normalizer)
-    collator = collator_for(processor, config.model)
+    collator = collator_for(processor)
     batch_size = config.eval.per_device_eval_batch_size
     pin = accelerator.device.type == "cuda"
     rows = load_rows(src, split, streaming=streaming)
