@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 
 from train_loop.config import DataConfig, SourceConfig
-from train_loop.data import (ShardedBatchSampler, StreamingBatches, collator_for, eval_batches,
+from train_loop.streaming import RowShards, StreamingBatches
+from train_loop.data import (ShardedBatchSampler, collator_for, eval_batches,
                              featurizer_for, prepare_split)
 from train_loop.features import (SKIP_EMPTY_TEXT, SKIP_LABEL_TOO_LONG, SKIP_OVER_WINDOW,
                                  SKIP_TOO_SHORT, SKIP_UNREADABLE, Filters)
@@ -33,7 +34,7 @@ def test_bad_rows_are_skipped_counted_and_named(tmp_path, processor):
 def test_streaming_skips_the_same_rows_and_counts_them(tmp_path, processor):
     root = write_bad_rows(tmp_path / "data")
     rows = load_rows(SourceConfig(data_dir=str(root)), "train", streaming=True)
-    stream = StreamingBatches(rows.rows, featurizer_for(processor, DataConfig(), "belarusian"), FILTERS,
+    stream = StreamingBatches(RowShards(rows.rows), featurizer_for(processor, DataConfig(), "belarusian"), FILTERS,
                               collator_for(processor), batch_size=2, drop_last=True)
     batches = list(stream)
     skipped = {}
@@ -102,3 +103,38 @@ def test_eval_batches_cover_every_clip_once_longest_first_with_equal_counts():
     seen = [i for batches in per_process for batch in batches for i in batch]
     assert set(seen) == set(range(7))
     assert per_process[0][0][0] == 1  # the longest clip goes first
+
+
+def _stream_batches(rows, processor, workers: int):
+    from train_loop.data import SkipReport, TrainBatches, make_loader
+
+    stream = StreamingBatches(RowShards(rows.rows), featurizer_for(processor, DataConfig(), "belarusian"),
+                              Filters(max_seconds=2.0), collator_for(processor), batch_size=3,
+                              shuffle_buffer_size=5, seed=7)
+    return TrainBatches(make_loader(stream, None, workers, False), None, stream, SkipReport("train"), None)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_stream_resumes_exactly_from_its_state_and_reshuffles_each_epoch(tmp_path, processor, workers):
+    import io
+
+    import torch
+
+    texts = [f"{SENTENCES[i % len(SENTENCES)]} {i}" for i in range(30)]
+    rows = load_rows(SourceConfig(data_dir=str(write_audiofolder(tmp_path, {"train": texts}, 0.3))), "train")
+    batches = _stream_batches(rows, processor, workers)
+    uninterrupted = [next(batches)["ids"] for _ in range(24)]  # 10 batches per epoch: 2.4 epochs
+    per_epoch = [sorted(sum(uninterrupted[e * 10:(e + 1) * 10], [])) for e in range(2)]
+    assert per_epoch[0] == per_epoch[1] and len(set(per_epoch[0])) == 30  # every clip once an epoch
+    assert uninterrupted[:10] != uninterrupted[10:20]  # ... in a new order
+
+    for stop in (4, 10, 13):  # mid-epoch, at the epoch's end, in the next epoch
+        first = _stream_batches(rows, processor, workers)
+        seen = [next(first)["ids"] for _ in range(stop)]
+        saved = io.BytesIO()
+        torch.save(first.state_dict(), saved)
+        del first
+        second = _stream_batches(rows, processor, workers)
+        second.load_state_dict(torch.load(io.BytesIO(saved.getvalue()), weights_only=False))
+        seen += [next(second)["ids"] for _ in range(24 - stop)]
+        assert seen == uninterrupted, f"resumed after batch {stop}"

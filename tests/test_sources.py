@@ -55,12 +55,6 @@ def test_plus_concatenates_every_row_of_every_split(tmp_path):
     assert len(set(rows.rows["id"])) == rows.num_rows
 
 
-def test_streaming_local_rows(tmp_path):
-    root = write_audiofolder(tmp_path, {"train": SENTENCES})
-    rows = load_rows(SourceConfig(data_dir=str(root)), "train", streaming=True)
-    assert sorted(row["text"] for row in rows.rows) == sorted(SENTENCES)
-
-
 def test_missing_folder_split_and_column_are_clear_errors(tmp_path):
     with pytest.raises(UserError, match=r"--data_dir .*nowhere: no such folder"):
         load_rows(SourceConfig(data_dir=str(tmp_path / "nowhere")), "train")

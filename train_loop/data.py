@@ -18,61 +18,22 @@ from __future__ import annotations
 import math
 import os
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Iterator
 
 import datasets
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, IterableDataset
+from torch.utils.data import DataLoader
 
 from .collator import SpeechCollator
 from .config import default_cache_dir
-from .features import Featurizer, Filters, SKIP_UNREADABLE
+from .features import SKIP_UNREADABLE, Featurizer, Filters, SkipReport
 from .errors import UserError
 from .sources import RowSource, content_hash, load_rows
+from .streaming import RowShards, StreamingBatches
 
 PREPARE_BATCH_SIZE = 16  # rows per map() call: small, so progress and memory stay smooth
-SKIP_EPOCH_REMAINDER = "end-of-epoch remainder smaller than a batch (reshuffled next epoch)"
-
-
-# --------------------------------------------------------------------------------------------
-# What was skipped, and why
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class SkipReport:
-    """Rows read and rows skipped per reason, with a few examples of unreadable files."""
-
-    split: str
-    rows: int = 0
-    skipped: Counter = field(default_factory=Counter)
-    examples: list[str] = field(default_factory=list)
-
-    @property
-    def used(self) -> int:
-        return self.rows - sum(self.skipped.values())
-
-    def add(self, reason: str, detail: str = "") -> None:
-        self.skipped[reason] += 1
-        if detail and len(self.examples) < 3:
-            self.examples.append(detail)
-
-    def merge(self, other: "SkipReport") -> None:
-        self.rows += other.rows
-        self.skipped.update(other.skipped)
-        self.examples.extend(other.examples[: max(0, 3 - len(self.examples))])
-
-    def summary(self) -> str:
-        if not self.skipped:
-            return f"{self.split}: {self.rows:,} clips, none skipped"
-        reasons = ", ".join(f"{count:,} {reason}" for reason, count in self.skipped.most_common())
-        text = (f"{self.split}: {self.rows:,} clips, {self.used:,} used, "
-                f"{sum(self.skipped.values()):,} skipped ({reasons})")
-        if self.examples:
-            text += "; e.g. " + "; ".join(self.examples)
-        return text
 
 
 # --------------------------------------------------------------------------------------------
@@ -142,6 +103,10 @@ class PreparedSplit(torch.utils.data.Dataset):
 
     def durations(self) -> np.ndarray:
         return np.asarray(self.table.with_format(None)["duration"], dtype=np.float32)[self.keep]
+
+    def ids(self) -> list[str]:
+        every = self.table.with_format(None).select_columns(["id"])[:]["id"]
+        return [str(every[int(position)]) for position in self.keep]
 
 
 def prepare_split(source: RowSource, featurizer: Featurizer, filters: Filters, cache_root: str,
@@ -222,86 +187,27 @@ class ShardedBatchSampler(torch.utils.data.Sampler):
             yield order[start + lo : start + lo + self.batch_size].tolist()
 
 
-# --------------------------------------------------------------------------------------------
-# Streaming
-# --------------------------------------------------------------------------------------------
-
-
-class StreamingBatches(IterableDataset):
-    """Decode, featurize, filter and batch a row stream inside DataLoader workers.
-
-    Yields collated batches of exactly ``batch_size`` usable clips (the last one may be smaller
-    when ``drop_last`` is false), each carrying ``skipped``: the rows dropped, by reason,
-    while it was filled, so the main process can count them.
-    """
-
-    def __init__(self, rows: datasets.IterableDataset, featurizer: Featurizer, filters: Filters,
-                 collator: SpeechCollator, batch_size: int, shuffle_buffer_size: int = 0,
-                 seed: int = 0, drop_last: bool = True):
-        self.rows = rows
-        self.featurizer = featurizer
-        self.filters = filters
-        self.collator = collator
-        self.batch_size = batch_size
-        self.shuffle_buffer_size = shuffle_buffer_size
-        self.seed = seed
-        self.drop_last = drop_last
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        # Takes effect for the next iterator: workers get a fresh copy of this object.
-        self.epoch = epoch
-
-    def _rows(self) -> Iterator[dict[str, Any]]:
-        rows = self.rows
-        if self.shuffle_buffer_size > 1:
-            rows = rows.shuffle(seed=self.seed, buffer_size=self.shuffle_buffer_size)
-            rows.set_epoch(self.epoch)
-        return iter(rows)
-
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        examples: list[dict[str, Any]] = []
-        report = SkipReport(split="")
-        for row in self._rows():
-            report.rows += 1
-            example = self.featurizer(row["id"], row["audio"], row["text"])
-            reason = example["skip_reason"] or self.filters.reason(example["duration"], example["label_tokens"])
-            if reason:
-                report.add(reason, example["detail"])
-                continue
-            examples.append(example)
-            if len(examples) == self.batch_size:
-                yield self._emit(examples, report)
-                examples, report = [], SkipReport(split="")
-        if examples and not self.drop_last:
-            yield self._emit(examples, report)
-        elif report.rows:
-            # No batch left to yield, but the rows read since the last one must be counted.
-            report.skipped[SKIP_EPOCH_REMAINDER] += len(examples)
-            yield {"skipped": report, "ids": []}
-
-    def _emit(self, examples: list[dict[str, Any]], report: SkipReport) -> dict[str, Any]:
-        batch = self.collator(examples)
-        batch["skipped"] = report
-        return batch
-
-
 def is_empty_batch(batch: dict[str, Any]) -> bool:
     return not batch["ids"]
 
 
 def make_loader(dataset, collator: SpeechCollator | None, num_workers: int, pin_memory: bool,
-                batch_sampler=None) -> DataLoader:
-    """A DataLoader for a prepared split (with a batch sampler) or a streaming one (batches
-    already made by the dataset)."""
+                batch_sampler=None):
+    """A DataLoader for a prepared split (with a batch sampler) or a stream (batches made by the
+    dataset in its workers). A stream gets torchdata's StatefulDataLoader, which hands back,
+    with every batch, the state of the worker that made it: so a checkpoint can record the
+    position of the batches *trained on*, not of those prefetched."""
     kwargs: dict[str, Any] = dict(num_workers=num_workers, pin_memory=pin_memory)
     if num_workers > 0:
         kwargs["prefetch_factor"] = 4
-        # Streaming datasets get set_epoch through a fresh copy per epoch: no persistent workers.
-        kwargs["persistent_workers"] = batch_sampler is not None
     if batch_sampler is not None:
+        if num_workers > 0:
+            kwargs["persistent_workers"] = True  # the sampler (main process) carries the epoch
         return DataLoader(dataset, batch_sampler=batch_sampler, collate_fn=collator, **kwargs)
-    return DataLoader(dataset, batch_size=None, **kwargs)
+    from torchdata.stateful_dataloader import StatefulDataLoader
+
+    # No persistent workers: each epoch's workers get a fresh copy that knows the new epoch.
+    return StatefulDataLoader(dataset, batch_size=None, **kwargs)
 
 
 def steps_for_epochs(batches_per_epoch: int, epochs: float, accumulation: int) -> int:
@@ -316,16 +222,17 @@ def steps_for_epochs(batches_per_epoch: int, epochs: float, accumulation: int) -
 class TrainBatches:
     """Endless training micro-batches across epochs, with a resumable position.
 
-    The position is (epoch, batches of that epoch already consumed by this process). Prepared
-    data resumes by starting the sampler at that batch (no clip before it is read); a stream
-    is replayed up to it.
+    The position is (epoch, micro-batches of that epoch this process consumed). Prepared data
+    resumes by starting the sampler at that batch: no clip before it is read. A stream resumes
+    from its loader's state (each reader's shard, row, shuffle buffer and generator), so no row
+    is read twice and none is lost.
     """
 
-    def __init__(self, loader: DataLoader, sampler: ShardedBatchSampler | None,
-                 stream: StreamingBatches | None, report: SkipReport, num_clips: int | None,
-                 fingerprint: str = ""):
+    def __init__(self, loader, sampler: ShardedBatchSampler | None, stream: StreamingBatches | None,
+                 report: SkipReport, num_clips: int | None, fingerprint: str = "", rows_key: str = ""):
         self.loader = loader
-        self.fingerprint = fingerprint  # of the rows: recorded in every checkpoint's manifest
+        self.fingerprint = fingerprint  # of the rows and files: recorded in every checkpoint's manifest
+        self.rows_key = rows_key  # of the ordered rows a position refers to: checked on resume
         self.sampler = sampler
         self.stream = stream
         self.report = report  # prepared: fixed at preparation; streaming: grows as rows are read
@@ -333,6 +240,7 @@ class TrainBatches:
         self.epoch = 0
         self.batches_done = 0
         self._iterator: Iterator | None = None
+        self._loader_state: dict[str, Any] | None = None  # a stream's state, to restore on next()
 
     @property
     def batches_per_epoch(self) -> int | None:
@@ -342,15 +250,34 @@ class TrainBatches:
         self.epoch, self.batches_done = epoch, batches_done
         self._iterator = None
 
+    def state_dict(self) -> dict[str, Any]:
+        """This process's data position (a stream's includes its readers' states)."""
+        state: dict[str, Any] = {"epoch": self.epoch, "batches_done": self.batches_done}
+        if self.stream is not None:
+            state["loader"] = (self.loader.state_dict() if self._iterator is not None
+                               else self._loader_state)
+            state["report"] = {"rows": self.report.rows, "skipped": dict(self.report.skipped),
+                               "examples": list(self.report.examples)}
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.seek(state["epoch"], state["batches_done"])
+        if self.stream is not None:
+            self._loader_state = state.get("loader")
+            report = state.get("report") or {}
+            self.report.rows = report.get("rows", 0)
+            self.report.skipped = Counter(report.get("skipped", {}))
+            self.report.examples = list(report.get("examples", []))
+
     def _start_epoch(self) -> Iterator:
         if self.sampler is not None:
             self.sampler.set_epoch(self.epoch, start_batch=self.batches_done)
             return iter(self.loader)
         self.stream.set_epoch(self.epoch)
-        iterator = iter(self.loader)
-        for _ in range(self.batches_done):  # replay the part of the epoch already trained on
-            next(iterator)
-        return iterator
+        if self._loader_state is not None:
+            self.loader.load_state_dict(self._loader_state)
+            self._loader_state = None
+        return iter(self.loader)
 
     def __iter__(self) -> "TrainBatches":
         return self
@@ -366,11 +293,11 @@ class TrainBatches:
                     raise RuntimeError("the training data produced no batch in a whole epoch") from None
                 self.epoch, self.batches_done, self._iterator = self.epoch + 1, 0, None
                 continue
-            self.batches_done += 1
             if "skipped" in batch:
                 self.report.merge(batch["skipped"])
                 if is_empty_batch(batch):
                     continue
+            self.batches_done += 1
             return batch
 
 
@@ -473,18 +400,19 @@ def build_train_batches(config, processor, accelerator) -> TrainBatches:
     pin = accelerator.device.type == "cuda"
     rows = load_rows(src, data.train_split_name, streaming=src.streaming)
     if src.streaming:
-        from datasets.distributed import split_dataset_by_node
-
-        stream_rows = rows.rows
-        if data.max_train_samples is not None:
-            stream_rows = stream_rows.take(data.max_train_samples)
-        stream_rows = split_dataset_by_node(stream_rows, accelerator.process_index, accelerator.num_processes)
-        stream = StreamingBatches(stream_rows, featurizer, filters, collator, batch_size,
+        stream = StreamingBatches(RowShards(rows.rows, limit=data.max_train_samples), featurizer,
+                                  filters, collator, batch_size,
                                   shuffle_buffer_size=data.shuffle_buffer_size,
-                                  seed=config.training.seed, drop_last=True)
+                                  seed=config.training.seed, drop_last=True,
+                                  process_index=accelerator.process_index,
+                                  num_processes=accelerator.num_processes)
         loader = make_loader(stream, None, data.dataloader_num_workers, pin)
+        if isinstance(rows.rows, datasets.Dataset):
+            rows_key = content_hash(data.max_train_samples, *rows.rows["id"])
+        else:
+            rows_key = content_hash(rows.name, data.max_train_samples)
         return TrainBatches(loader, None, stream, SkipReport(split=data.train_split_name),
-                            rows.num_rows, rows.fingerprint)
+                            rows.num_rows, rows.fingerprint, rows_key)
     with accelerator.main_process_first():  # one process prepares, the others read the cache
         prepared = prepare_split(rows, featurizer, filters, cache_root(src), src.preprocessing_num_workers,
                                  cache_key(processor, data, config.eval.eval_normalizer),
@@ -497,7 +425,8 @@ def build_train_batches(config, processor, accelerator) -> TrainBatches:
     sampler = ShardedBatchSampler(len(prepared), batch_size, accelerator.num_processes,
                                   accelerator.process_index, seed=config.training.seed)
     loader = make_loader(prepared, collator, data.dataloader_num_workers, pin, batch_sampler=sampler)
-    return TrainBatches(loader, sampler, None, prepared.report, len(prepared), rows.fingerprint)
+    rows_key = content_hash(*prepared.ids())
+    return TrainBatches(loader, sampler, None, prepared.report, len(prepared), rows.fingerprint, rows_key)
 
 
 def build_eval_set(config, processor, accelerator, split: str, max_samples: int | None,
@@ -510,13 +439,12 @@ def build_eval_set(config, processor, accelerator, split: str, max_samples: int 
     pin = accelerator.device.type == "cuda"
     rows = load_rows(src, split, streaming=streaming)
     if streaming:
-        from datasets.distributed import split_dataset_by_node
-
-        stream_rows = rows.rows.take(max_samples) if max_samples is not None else rows.rows
         known = min(max_samples, rows.num_rows) if (max_samples and rows.num_rows) else (max_samples or rows.num_rows)
-        stream_rows = split_dataset_by_node(stream_rows, accelerator.process_index, accelerator.num_processes)
-        stream = StreamingBatches(stream_rows, featurizer, eval_filters(processor), collator,
-                                  batch_size, shuffle_buffer_size=0, drop_last=False)
+        stream = StreamingBatches(RowShards(rows.rows, limit=max_samples), featurizer,
+                                  eval_filters(processor), collator, batch_size,
+                                  shuffle_buffer_size=0, drop_last=False,
+                                  process_index=accelerator.process_index,
+                                  num_processes=accelerator.num_processes)
         loader = make_loader(stream, None, data.dataloader_num_workers, pin)
         per_process = math.ceil(known / accelerator.num_processes) if known else None
         return EvalSet(split, loader, True, None, known, per_process)

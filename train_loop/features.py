@@ -12,7 +12,8 @@ the collator. A 5 s clip then takes 1/6 of the disk and of the worker-to-trainer
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
@@ -26,6 +27,40 @@ SKIP_TOO_SHORT = "shorter than --min_duration_in_seconds"
 SKIP_TOO_LONG = "longer than --max_duration_in_seconds"
 SKIP_LABEL_TOO_LONG = "transcript longer than --max_label_length tokens"
 SKIP_OVER_WINDOW = "longer than the model's input window"
+
+
+@dataclass
+class SkipReport:
+    """Rows read and rows skipped per reason, with a few examples of unreadable files."""
+
+    split: str
+    rows: int = 0
+    skipped: Counter = field(default_factory=Counter)
+    examples: list[str] = field(default_factory=list)
+
+    @property
+    def used(self) -> int:
+        return self.rows - sum(self.skipped.values())
+
+    def add(self, reason: str, detail: str = "") -> None:
+        self.skipped[reason] += 1
+        if detail and len(self.examples) < 3:
+            self.examples.append(detail)
+
+    def merge(self, other: "SkipReport") -> None:
+        self.rows += other.rows
+        self.skipped.update(other.skipped)
+        self.examples.extend(other.examples[: max(0, 3 - len(self.examples))])
+
+    def summary(self) -> str:
+        if not self.skipped:
+            return f"{self.split}: {self.rows:,} clips, none skipped"
+        reasons = ", ".join(f"{count:,} {reason}" for reason, count in self.skipped.most_common())
+        text = (f"{self.split}: {self.rows:,} clips, {self.used:,} used, "
+                f"{sum(self.skipped.values()):,} skipped ({reasons})")
+        if self.examples:
+            text += "; e.g. " + "; ".join(self.examples)
+        return text
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from typing import Any
 
 from tqdm.auto import tqdm
@@ -49,6 +50,8 @@ def quiet_library_output() -> None:
     (they would fill log files with carriage returns)."""
     from transformers.utils import logging as transformers_logging
 
+    # torchdata's StatefulDataLoader calls a deprecated torch function on every iterator.
+    warnings.filterwarnings("ignore", message="'set_vital' is deprecated")
     noise = _KnownNoise()
     # Logger filters see only records logged on that very logger; handler filters see the
     # records that propagate to it. transformers has its own handler, accelerate does not.
@@ -91,12 +94,16 @@ class RunLogger:
         self.is_main = is_main
         self.accelerator = accelerator
         self.metrics_path = os.path.join(output_dir, "metrics.jsonl")
+        self.samples_path = os.path.join(output_dir, "samples.jsonl")
         self._console = None
         self._metrics = None
+        self._samples = None
+        self.dropped_lines = 0
         if is_main:
             os.makedirs(output_dir, exist_ok=True)
             if resume_step is not None:
-                self.dropped_lines = self._truncate_metrics(resume_step)
+                self.dropped_lines = _truncate_after(self.metrics_path, resume_step)
+                _truncate_after(self.samples_path, resume_step)
             self._console = open(os.path.join(output_dir, "train.log"), "a", encoding="utf-8")
             self._metrics = open(self.metrics_path, "a", encoding="utf-8")
 
@@ -121,21 +128,31 @@ class RunLogger:
         self._metrics.write(json.dumps(record, ensure_ascii=False) + "\n")
         self._metrics.flush()
 
-    def _truncate_metrics(self, resume_step: int) -> int:
-        """On resume, drop lines a crashed run logged after its last checkpoint: they are
-        recomputed, and keeping both would show each of those steps twice."""
-        if not os.path.exists(self.metrics_path):
-            return 0
-        with open(self.metrics_path, encoding="utf-8") as handle:
-            lines = handle.readlines()
-        kept = [line for line in lines if _step_of(line) is not None and _step_of(line) <= resume_step]
-        with open(self.metrics_path + ".tmp", "w", encoding="utf-8") as handle:
-            handle.writelines(kept)
-        os.replace(self.metrics_path + ".tmp", self.metrics_path)
-        return len(lines) - len(kept)
+    def samples(self, step: int, ids: list[str]) -> None:
+        """The clips of one optimizer step (``--log_sample_ids``)."""
+        if not self.is_main:
+            return
+        if self._samples is None:
+            self._samples = open(self.samples_path, "a", encoding="utf-8")
+        self._samples.write(json.dumps({"step": step, "ids": ids}, ensure_ascii=False) + "\n")
+        self._samples.flush()
 
     def close(self) -> None:
-        for handle in (self._console, self._metrics):
+        for handle in (self._console, self._metrics, self._samples):
             if handle is not None:
                 handle.close()
-        self._console = self._metrics = None
+        self._console = self._metrics = self._samples = None
+
+
+def _truncate_after(path: str, resume_step: int) -> int:
+    """On resume, drop lines a crashed run logged after its last checkpoint: they are
+    recomputed, and keeping both would show each of those steps twice."""
+    if not os.path.exists(path):
+        return 0
+    with open(path, encoding="utf-8") as handle:
+        lines = handle.readlines()
+    kept = [line for line in lines if _step_of(line) is not None and _step_of(line) <= resume_step]
+    with open(path + ".tmp", "w", encoding="utf-8") as handle:
+        handle.writelines(kept)
+    os.replace(path + ".tmp", path)
+    return len(lines) - len(kept)

@@ -112,8 +112,9 @@ def _load_local(source: SourceConfig, split: str, streaming: bool) -> RowSource:
         raise UserError(f"{manifest}: the same audio file is listed twice; each row must be unique")
     table = datasets.Dataset.from_dict({"id": ids, "audio": audio, "text": text})
     fingerprint = content_hash(os.path.abspath(manifest), _file_digest(manifest), _stat_digest(audio))
-    rows = table.to_iterable_dataset(num_shards=_stream_shards(len(ids))) if streaming else table
-    return RowSource(name=manifest, split=split, rows=rows, fingerprint=fingerprint,
+    # Streaming a local folder keeps this table of references in memory (it is small) and
+    # decodes the audio in DataLoader workers; the table lets a resume seek to any row.
+    return RowSource(name=manifest, split=split, rows=table, fingerprint=fingerprint,
                      num_rows=len(ids))
 
 
@@ -154,11 +155,6 @@ def _read_common_voice(manifest: str, data_dir: str, split: str, text_column: st
     audio = [os.path.join(clips, row["path"]) for row in rows]
     text = [row[text_column] or "" for row in rows]
     return ids, audio, text
-
-
-def _stream_shards(num_rows: int) -> int:
-    # Enough shards for several processes x DataLoader workers to each read their own part.
-    return max(1, min(num_rows, 64))
 
 
 # --------------------------------------------------------------------------------------------
