@@ -5,7 +5,9 @@
   so ``pipeline("automatic-speech-recognition", model="checkpoint-N")`` works;
 * accelerate's state: ``optimizer.bin``, ``scheduler.bin``, ``scaler.pt`` (fp16),
   ``random_states_<rank>.pkl`` (python, numpy, torch, cuda RNG of every process);
-* ``trainer_state.json``: step, data position, best metric, evaluation history;
+* ``data_state_<rank>.pt``: every process's data position (for a stream, its readers' shard,
+  row, shuffle buffer and generator);
+* ``trainer_state.json``: step, data position, best metric, evaluation and log history;
 * ``run_config.json`` (every flag) and ``manifest.json`` (versions, git commit, data
   fingerprint, world size).
 
@@ -51,6 +53,7 @@ class TrainerState:
     skipped: dict[str, int] = field(default_factory=dict)  # streaming: rows skipped so far, by reason
     schedule: dict[str, Any] = field(default_factory=dict)  # the LR schedule that produced these steps
     layout: dict[str, Any] = field(default_factory=dict)  # processes, batch size, accumulation
+    log_history: list[dict[str, Any]] = field(default_factory=list)  # every metrics.jsonl record
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, ensure_ascii=False)
@@ -121,9 +124,15 @@ def resolve_resume(output_dir: str, resume_from: str) -> str:
 # --------------------------------------------------------------------------------------------
 
 
+DATA_STATE = "data_state_{rank}.pt"
+
+
 def save_checkpoint(accelerator, output_dir: str, state: TrainerState, model, processor,
-                    run_config: dict[str, Any], manifest: dict[str, Any]) -> str:
+                    run_config: dict[str, Any], manifest: dict[str, Any],
+                    data_state: dict[str, Any]) -> str:
     """Write ``checkpoint-<step>`` atomically; every process must call this."""
+    import torch
+
     name = f"{PREFIX}{state.step}"
     final = os.path.join(output_dir, name)
     partial = final + PARTIAL_SUFFIX
@@ -131,7 +140,8 @@ def save_checkpoint(accelerator, output_dir: str, state: TrainerState, model, pr
         shutil.rmtree(partial)
     accelerator.wait_for_everyone()
     accelerator.save_state(partial, safe_serialization=True)
-    accelerator.wait_for_everyone()  # every process has written its RNG state (and shards)
+    torch.save(data_state, os.path.join(partial, DATA_STATE.format(rank=accelerator.process_index)))
+    accelerator.wait_for_everyone()  # every process has written its RNG and data state (and shards)
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(model)
         unwrapped.config.save_pretrained(partial)
@@ -155,20 +165,35 @@ def load_checkpoint(accelerator, path: str) -> TrainerState:
     return TrainerState.from_file(os.path.join(path, STATE_FILE))
 
 
+def load_data_state(path: str, rank: int) -> dict[str, Any] | None:
+    """This process's data position saved in checkpoint ``path`` (None if it has none)."""
+    import torch
+
+    file = os.path.join(path, DATA_STATE.format(rank=rank))
+    if not os.path.isfile(file):
+        return None
+    return torch.load(file, weights_only=False)  # our own file: python RNG states and rows
+
+
+def read_json(path: str) -> dict[str, Any]:
+    if not os.path.isfile(path):
+        return {}
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)
+
+
 def rotate_checkpoints(output_dir: str, limit: int | None, protected: set[str]) -> list[str]:
-    """Delete the oldest checkpoints beyond ``limit``, never one in ``protected`` (the best)."""
+    """Keep the ``limit`` newest checkpoints and every one in ``protected`` (the best); delete
+    the rest. With limit 1 and an older best, two remain: the newest (to resume) and the best."""
     if limit is None:
         return []
     found = [path for _, path in complete_checkpoints(output_dir)]
-    removable = [p for p in found if os.path.basename(p) not in protected]
-    excess = len(found) - limit
+    newest = set(found[-limit:])
     deleted = []
-    for path in removable:
-        if excess <= 0:
-            break
-        shutil.rmtree(path, ignore_errors=True)
-        deleted.append(path)
-        excess -= 1
+    for path in found:
+        if path not in newest and os.path.basename(path) not in protected:
+            shutil.rmtree(path, ignore_errors=True)
+            deleted.append(path)
     return deleted
 
 

@@ -135,6 +135,9 @@ class TrainingConfig:
     seed: int = flag(42, "Seed for initialization, data order and dropout.")
     logging_steps: int = flag(25, "Print and record training metrics every N optimizer steps.")
     report_to: str = flag("tensorboard", "Experiment tracker.", ("tensorboard", "none"))
+    log_sample_ids: bool = flag(
+        False, "Write the ids of the clips of every optimizer step to output_dir/samples.jsonl "
+        "(to audit the data order, e.g. across a resume).")
 
 
 @dataclass
@@ -168,6 +171,10 @@ class CheckpointConfig:
     greater_is_better: bool = flag(False, "Whether a larger --metric_for_best_model is better.")
     load_best_model_at_end: bool = flag(
         False, "Save the best checkpoint's weights (not the last) as the final model.")
+    reset_data_position: bool = flag(
+        False, "On resume, keep weights, optimizer and step but start the training data at a "
+        "fresh epoch (when the data or the stream's readers changed and the saved position "
+        "no longer applies).")
 
 
 @dataclass

@@ -22,7 +22,8 @@ from .checkpoint import (TrainerState, is_improvement, rotate_checkpoints, save_
                          write_best_pointer)
 from .collator import IGNORE_INDEX
 from .config import TrainConfig
-from .data import EvalSet, SkipReport, TrainBatches
+from .data import EvalSet, TrainBatches
+from .features import SkipReport
 from .evaluation import GenerationSettings, evaluate
 from .logger import RunLogger, format_duration, progress_bar
 from .schedule import LRSchedule
@@ -53,7 +54,8 @@ class Run:
     reported_skips: int = 0  # streaming: skipped rows already reported
 
 
-def train(run: Run) -> None:
+def train(run: Run) -> bool:
+    """Train up to the schedule's last step; False when stopped early on request (SIGTERM)."""
     cfg, accelerator, state = run.config, run.accelerator, run.state
     max_steps = run.schedule.total_steps
     accumulation = cfg.training.gradient_accumulation_steps
@@ -73,6 +75,8 @@ def train(run: Run) -> None:
         samples = sum(len(batch["ids"]) for batch in micro_batches) * accelerator.num_processes
         state.samples_seen += samples
         window.add(loss_sum, tokens, samples)
+        if cfg.training.log_sample_ids:
+            log_sample_ids(run, micro_batches)
         bar.update(1)
 
         if state.step % cfg.training.logging_steps == 0 or state.step == max_steps:
@@ -95,10 +99,19 @@ def train(run: Run) -> None:
             save(run)
             window.resume()
         if stopping:
-            run.logger.info(f"stopped at step {state.step} on request; continue with "
-                            f"--resume_from checkpoint-{state.step}")
-            break
+            bar.close()
+            return False
     bar.close()
+    return True
+
+
+def log_sample_ids(run: Run, micro_batches: list[dict[str, Any]]) -> None:
+    ids = [clip for batch in micro_batches for clip in batch["ids"]]
+    if run.accelerator.num_processes > 1:
+        from accelerate.utils import gather_object
+
+        ids = gather_object(ids)
+    run.logger.samples(run.state.step, ids)
 
 
 def optimizer_step(run: Run, micro_batches: list[dict[str, Any]]):
@@ -193,6 +206,7 @@ def log_training(run: Run, window: LogWindow, learning_rate: float, grad_norm: t
     if torch.cuda.is_available():
         record["peak_memory_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
     run.logger.metrics(record, state.step)
+    state.log_history.append({"step": state.step, **record})
     line = (f"step {state.step}/{max_steps} | epoch {record['epoch']:.2f} | loss {loss:.4f} | "
             f"lr {learning_rate:.3e} | grad_norm {record['grad_norm']:.3f} | "
             f"{samples_per_second:.1f} samples/s | elapsed {format_duration(state.train_seconds)} | "
@@ -247,6 +261,7 @@ def run_evaluation(run: Run, eval_set: EvalSet, prefix: str) -> dict[str, Any]:
                          "samples_per_second")}
     run.logger.metrics(record, state.step)
     state.evaluations.append({"step": state.step, "split": eval_set.split, **record})
+    state.log_history.append({"step": state.step, **record})
     run.logger.info(
         f"{prefix} {eval_set.split} at step {state.step}: WER {_pct(result.get('wer'))} | "
         f"CER {_pct(result.get('cer'))} | raw WER {_pct(result.get('wer_raw'))} | "
@@ -275,7 +290,7 @@ def save(run: Run) -> str:
     state.skipped = dict(run.train_batches.report.skipped) if run.train_batches.stream else {}
     started = time.perf_counter()
     path = save_checkpoint(accelerator, cfg.training.output_dir, state, run.model, run.processor,
-                           cfg.to_flat_dict(), run.manifest)
+                           cfg.to_flat_dict(), run.manifest, run.train_batches.state_dict())
     if accelerator.is_main_process:
         protected = {state.best_checkpoint} if state.best_checkpoint else set()
         deleted = rotate_checkpoints(cfg.training.output_dir, cfg.checkpoint.save_total_limit, protected)

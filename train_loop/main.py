@@ -26,7 +26,7 @@ if __package__ in (None, ""):
 
 import torch
 
-from train_loop.checkpoint import (STATE_FILE, TrainerState, load_checkpoint, resolve_resume,
+from train_loop.checkpoint import (STATE_FILE, TrainerState, incomplete_checkpoints, resolve_resume,
                                    run_manifest)
 from train_loop.config import TrainConfig, parse_train_config
 from train_loop.data import build_eval_set, build_train_batches, steps_for_epochs
@@ -36,8 +36,10 @@ from train_loop.logger import RunLogger, make_line_buffered, quiet_library_outpu
 from train_loop.loop import Run, run_evaluation, train
 from train_loop.model import load_model, load_processor
 from train_loop.optim import build_optimizer
+from train_loop.preemption import StopOnSignal
 from train_loop.report import format_wer_table, write_results
-from train_loop.schedule import LRSchedule, make_scheduler
+from train_loop.resume import describe, resume, run_layout
+from train_loop.schedule import LRSchedule, make_scheduler, restore_schedule
 from train_loop.sources import has_split
 from train_loop.text import get_normalizer
 
@@ -69,6 +71,10 @@ def run(config: TrainConfig, argv: list[str]) -> None:
     logger.info(f"whisper train_loop | {accelerator.num_processes} process(es) on "
                 f"{accelerator.device.type} | mixed precision {accelerator.mixed_precision} | "
                 f"output {output_dir}")
+    report_interrupted_saves(accelerator, logger, output_dir)
+    if logger.dropped_lines:
+        logger.info(f"metrics.jsonl: removed {logger.dropped_lines} lines logged after step "
+                    f"{resume_step} by the interrupted run (those steps run again)")
 
     # 2. Model and processor.
     processor = load_processor(config.model.model_name_or_path, config.model.language, config.model.task)
@@ -99,15 +105,15 @@ def run(config: TrainConfig, argv: list[str]) -> None:
     scheduler = make_scheduler(optimizer, schedule)
     accelerator.register_for_checkpointing(scheduler)
 
-    # 5. State: fresh, or restored from a checkpoint.
-    layout = {"num_processes": accelerator.num_processes,
-              "per_device_train_batch_size": config.training.per_device_train_batch_size,
-              "gradient_accumulation_steps": config.training.gradient_accumulation_steps}
+    # 5. State: fresh, or restored from a checkpoint (and checked against this run's flags).
+    layout = run_layout(config, accelerator, train_batches)
     if resume_path:
-        state = load_checkpoint(accelerator, resume_path)
-        train_batches.seek(state.epoch, state.batches_in_epoch)
-        logger.info(f"resumed from {resume_path} at step {state.step} (epoch {state.epoch}, "
-                    f"batch {state.batches_in_epoch})")
+        state, schedule, notes = resume(resume_path, accelerator, train_batches, layout, schedule,
+                                        config.checkpoint.reset_data_position)
+        restore_schedule(optimizer, scheduler, schedule, state.step)
+        logger.info(f"resumed from {resume_path} at {describe(state)}")
+        for note in notes:
+            logger.info(f"  note: {note}")
     else:
         state = TrainerState()
     state.schedule, state.layout = dataclasses.asdict(schedule), layout
@@ -125,12 +131,35 @@ def run(config: TrainConfig, argv: list[str]) -> None:
     logger.info(f"training {max_steps} steps of {schedule.kind} schedule, peak lr {schedule.peak:g} "
                 f"at step {schedule.warmup_steps or 1}; global batch "
                 f"{config.training.per_device_train_batch_size * accelerator.num_processes * config.training.gradient_accumulation_steps}")
-    train(training_run)
+    stop_signal = StopOnSignal(accelerator)
+    training_run.stop_requested = stop_signal.requested
+    try:
+        completed = train(training_run)
+    finally:
+        stop_signal.restore()
+    if not completed:
+        logger.info(f"stopped at step {state.step} ({stop_signal.signal_name}); checkpoint-{state.step} "
+                    f"is saved. Continue with the same command plus --resume_from latest")
+        accelerator.end_training()
+        logger.close()
+        return
 
     # 7. Final model (the best one with --load_best_model_at_end) and the test split.
     finish(training_run)
     accelerator.end_training()
     logger.close()
+
+
+def report_interrupted_saves(accelerator, logger, output_dir: str) -> None:
+    """A kill during a save leaves checkpoint-N.partial: never resumed from; removed here."""
+    import shutil
+
+    if accelerator.is_main_process:
+        for path in incomplete_checkpoints(output_dir):
+            logger.info(f"removing {os.path.basename(path)}: a save that was interrupted "
+                        "(the newest complete checkpoint is used instead)")
+            shutil.rmtree(path, ignore_errors=True)
+    accelerator.wait_for_everyone()
 
 
 def build_accelerator(config: TrainConfig):

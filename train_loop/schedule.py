@@ -8,14 +8,19 @@ Step ``s`` (1 for the first optimizer step) uses ``lr(s)``:
 * then linear or cosine decay from the peak towards ``min_learning_rate``, with every step up
   to ``total_steps`` still above it; or constant.
 
-Because the value depends only on ``s`` and these five numbers (stored in each checkpoint),
-a resumed run gets exactly the learning rates of an uninterrupted one, whatever the number of
-processes. The scheduler is stepped once per optimizer step and is never handed to
+Because the value depends only on ``s`` and these numbers (stored in each checkpoint), a
+resumed run gets exactly the learning rates of an uninterrupted one, whatever the number of
+processes.
+
+Extending ``--max_steps`` on resume past warmup *rebases* the decay: it continues from the
+rate reached at the resume step (``rebase_step``, ``rebase_factor``) down to the minimum at
+the new last step, so the rate never jumps back up. The scheduler is stepped once per optimizer step and is never handed to
 ``accelerator.prepare`` (which would step it once per process).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -29,6 +34,8 @@ class LRSchedule:
     warmup_steps: int
     total_steps: int
     min_lr: float = 0.0
+    rebase_step: int = 0  # decay restarts here (0: at the end of warmup) ...
+    rebase_factor: float = 1.0  # ... from this fraction of the peak
 
     def __call__(self, step: int) -> float:
         """Learning rate of optimizer step ``step`` (1-based)."""
@@ -40,10 +47,13 @@ class LRSchedule:
             return step / self.warmup_steps
         if self.kind == "constant":
             return 1.0
-        # Progress through the decay, 0 right after warmup; it reaches 1 one step after the
-        # last, so the final step still learns something.
-        span = max(1, self.total_steps - self.warmup_steps + 1)
-        progress = min(1.0, (step - self.warmup_steps) / span)
+        # Progress through the decay, 0 right after warmup (or the rebase step); it reaches 1
+        # one step after the last, so the final step still learns something.
+        start, start_factor = self.warmup_steps, 1.0
+        if self.rebase_step > self.warmup_steps:
+            start, start_factor = self.rebase_step, self.rebase_factor
+        span = max(1, self.total_steps - start + 1)
+        progress = min(1.0, max(0.0, (step - start) / span))
         if self.kind == "linear":
             decay = 1.0 - progress
         elif self.kind == "cosine":
@@ -51,11 +61,31 @@ class LRSchedule:
         else:
             raise ValueError(f"unknown schedule {self.kind!r}")
         floor = self.min_lr / self.peak
-        return floor + (1.0 - floor) * decay
+        return floor + (start_factor - floor) * decay
+
+    def extended(self, total_steps: int, at_step: int) -> "LRSchedule":
+        """This schedule with a new last step, continuing smoothly after ``at_step``."""
+        if self.kind == "constant" or at_step <= self.warmup_steps:
+            return dataclasses.replace(self, total_steps=total_steps)
+        return dataclasses.replace(self, total_steps=total_steps, rebase_step=at_step,
+                                   rebase_factor=self.factor(at_step))
 
     def multiplier(self, scheduler_steps_done: int) -> float:
         """For ``LambdaLR``: after ``n`` scheduler steps, the next optimizer step is ``n + 1``."""
         return self.factor(scheduler_steps_done + 1)
+
+
+def restore_schedule(optimizer: torch.optim.Optimizer, scheduler, schedule: LRSchedule,
+                     steps_done: int) -> None:
+    """After loading a checkpoint: the optimizer's saved rates belong to the old run's
+    schedule; set those of *this* schedule for the next step (peak and step count included)."""
+    scheduler.lr_lambdas = [schedule.multiplier] * len(optimizer.param_groups)
+    scheduler.base_lrs = [schedule.peak] * len(optimizer.param_groups)
+    scheduler.last_epoch = steps_done
+    for group in optimizer.param_groups:
+        group["initial_lr"] = schedule.peak
+        group["lr"] = schedule(steps_done + 1)
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, schedule: LRSchedule) -> torch.optim.lr_scheduler.LambdaLR:
