@@ -9,19 +9,26 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v espeak-ng >/dev/null 2>&1; then
+PYTHON="${PYTHON:-python3}"
+# System packages: espeak-ng for the demo's speech; a C++ compiler and Python headers for
+# DeepSpeed's CPU communication kernel (built on first use by the DeepSpeed tests).
+missing=()
+command -v espeak-ng >/dev/null 2>&1 || missing+=(espeak-ng)
+command -v g++ >/dev/null 2>&1 || missing+=(g++)
+include_dir="$("$PYTHON" -c 'import sysconfig; print(sysconfig.get_paths()["include"])' 2>/dev/null || true)"
+[ -f "$include_dir/Python.h" ] || missing+=(python3-dev)
+if [ ${#missing[@]} -gt 0 ]; then
   if command -v apt-get >/dev/null 2>&1; then
     SUDO=""
     if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
-    echo "setup: installing espeak-ng (apt)"
+    echo "setup: installing ${missing[*]} (apt)"
     $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends espeak-ng >/dev/null
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   else
-    echo "setup: espeak-ng not found and no apt-get; install espeak-ng for the demo" >&2
+    echo "setup: ${missing[*]} not found and no apt-get; install them for the demo / DeepSpeed tests" >&2
   fi
 fi
 
-PYTHON="${PYTHON:-python3}"
 if [ ! -x .venv/bin/python ]; then
   echo "setup: creating .venv"
   "$PYTHON" -m venv .venv

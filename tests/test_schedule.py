@@ -24,8 +24,9 @@ def test_linear_decays_to_min_and_every_step_still_learns():
 
 def test_cosine_halfway_is_half_the_peak():
     schedule = LRSchedule("cosine", peak=2.0, warmup_steps=0, total_steps=99)
-    assert schedule(50) == pytest.approx(2.0 * 0.5 * (1 + math.cos(math.pi * 50 / 100)))
-    assert schedule(1) == pytest.approx(2.0, rel=1e-3)
+    # Without warmup, step 1 uses the peak and the decay runs over steps 2..99 (+1 after).
+    assert schedule(50) == pytest.approx(2.0 * 0.5 * (1 + math.cos(math.pi * 49 / 99)))
+    assert schedule(1) == 2.0
 
 
 def test_min_learning_rate_floor():

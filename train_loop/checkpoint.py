@@ -141,9 +141,15 @@ def save_checkpoint(accelerator, output_dir: str, state: TrainerState, model, pr
     accelerator.wait_for_everyone()
     accelerator.save_state(partial, safe_serialization=True)
     torch.save(data_state, os.path.join(partial, DATA_STATE.format(rank=accelerator.process_index)))
+    consolidated = None
+    if getattr(accelerator.state, "deepspeed_plugin", None) is not None:
+        # DeepSpeed saved its shards; add whole weights so the checkpoint loads with from_pretrained.
+        consolidated = accelerator.get_state_dict(model)  # every process takes part under ZeRO-3
     accelerator.wait_for_everyone()  # every process has written its RNG and data state (and shards)
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(model)
+        if consolidated is not None:
+            unwrapped.save_pretrained(partial, state_dict=consolidated)
         unwrapped.config.save_pretrained(partial)
         unwrapped.generation_config.save_pretrained(partial)
         processor.save_pretrained(partial)

@@ -106,6 +106,14 @@ class ModelConfig:
         False, "Recompute activations in backward to save memory (use_cache is switched off "
         "for training and back on for generation).")
     freeze_encoder: bool = flag(False, "Train only the decoder.")
+    apply_spec_augment: bool = flag(
+        False, "SpecAugment during training: mask random time steps / mel channels of the input "
+        "(regularizes long fine-tuning; never applied in evaluation).")
+    mask_time_prob: float = flag(0.05, "SpecAugment: fraction of time steps masked (with --apply_spec_augment).")
+    mask_time_length: int = flag(10, "SpecAugment: frames per time mask.")
+    mask_time_min_masks: int = flag(2, "SpecAugment: at least this many time masks per clip.")
+    mask_feature_prob: float = flag(0.0, "SpecAugment: fraction of mel channels masked.")
+    mask_feature_length: int = flag(10, "SpecAugment: channels per feature mask.")
 
 
 @dataclass
@@ -123,7 +131,10 @@ class TrainingConfig:
     lr_scheduler_type: str = flag(
         "linear", "Learning-rate decay after warmup.", ("linear", "cosine", "constant"))
     min_learning_rate: float = flag(0.0, "Learning rate the linear/cosine decay ends at.")
-    optim: str = flag("adamw", "Optimizer.", ("adamw", "adafactor"))
+    optim: str = flag(
+        "adamw", "Optimizer: adamw, adamw_fused (one fused kernel; faster on GPU), adamw_8bit "
+        "(8-bit states via bitsandbytes, CUDA only; saves memory) or adafactor (factored "
+        "second moments; least memory).", ("adamw", "adamw_fused", "adamw_8bit", "adafactor"))
     weight_decay: float = flag(0.0, "Decoupled weight decay (not applied to biases and norms).")
     adam_beta1: float = flag(0.9, "AdamW beta1.")
     adam_beta2: float = flag(0.999, "AdamW beta2.")

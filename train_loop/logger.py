@@ -52,6 +52,8 @@ def quiet_library_output() -> None:
 
     # torchdata's StatefulDataLoader calls a deprecated torch function on every iterator.
     warnings.filterwarnings("ignore", message="'set_vital' is deprecated")
+    # DeepSpeed calls torch.distributed functions that torch has renamed, on every step.
+    warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed.c10d_logger")
     noise = _KnownNoise()
     # Logger filters see only records logged on that very logger; handler filters see the
     # records that propagate to it. transformers has its own handler, accelerate does not.

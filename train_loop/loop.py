@@ -198,7 +198,7 @@ def log_training(run: Run, window: LogWindow, learning_rate: float, grad_norm: t
         "epoch": round(epoch_progress(run), 4),
         "loss": round(loss, 6),
         "learning_rate": learning_rate,
-        "grad_norm": round(float(grad_norm), 6),
+        "grad_norm": round(float(grad_norm), 6) if grad_norm is not None else None,
         "samples_per_second": round(samples_per_second, 3),
         "elapsed_seconds": round(state.train_seconds, 1),
         "eta_seconds": round(eta, 1),
@@ -208,7 +208,7 @@ def log_training(run: Run, window: LogWindow, learning_rate: float, grad_norm: t
     run.logger.metrics(record, state.step)
     state.log_history.append({"step": state.step, **record})
     line = (f"step {state.step}/{max_steps} | epoch {record['epoch']:.2f} | loss {loss:.4f} | "
-            f"lr {learning_rate:.3e} | grad_norm {record['grad_norm']:.3f} | "
+            f"lr {learning_rate:.3e} | grad_norm {_num(record['grad_norm'])} | "
             f"{samples_per_second:.1f} samples/s | elapsed {format_duration(state.train_seconds)} | "
             f"eta {format_duration(eta)}")
     if "peak_memory_gb" in record:
@@ -309,6 +309,10 @@ def _due(step: int, every: int, max_steps: int) -> bool:
 def _remaining(step: int, every: int, max_steps: int) -> int:
     later = (max_steps // every - step // every) if every > 0 else 0
     return later + (0 if every > 0 and max_steps % every == 0 else 1)
+
+
+def _num(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
 
 
 def _pct(value: float | None) -> str:

@@ -24,12 +24,13 @@ if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(_here))
     __package__ = "train_loop"
 
-import torch
 
 from train_loop.checkpoint import (STATE_FILE, TrainerState, incomplete_checkpoints, resolve_resume,
                                    run_manifest)
 from train_loop.config import TrainConfig, parse_train_config
 from train_loop.data import build_eval_set, build_train_batches, steps_for_epochs
+from train_loop.distributed import (accelerator_kwargs, fill_deepspeed_config, load_whole_model,
+                                    zero_stage)
 from train_loop.errors import UserError
 from train_loop.evaluation import GenerationSettings
 from train_loop.logger import RunLogger, make_line_buffered, quiet_library_output
@@ -78,7 +79,8 @@ def run(config: TrainConfig, argv: list[str]) -> None:
 
     # 2. Model and processor.
     processor = load_processor(config.model.model_name_or_path, config.model.language, config.model.task)
-    model = load_model(config.model, processor)
+    with load_whole_model(accelerator):
+        model = load_model(config.model, processor)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     logger.info(f"model {config.model.model_name_or_path}: {trainable / 1e6:.1f}M trainable parameters")
 
@@ -99,6 +101,7 @@ def run(config: TrainConfig, argv: list[str]) -> None:
         max_steps = steps_for_epochs(train_batches.batches_per_epoch, config.training.num_train_epochs,
                                      config.training.gradient_accumulation_steps)
     optimizer = build_optimizer(model, config.training)
+    fill_deepspeed_config(accelerator, config.training)  # DeepSpeed's "auto" values from the flags
     model, optimizer = accelerator.prepare(model, optimizer)
     schedule = LRSchedule(config.training.lr_scheduler_type, config.training.learning_rate,
                           config.training.warmup_steps, max_steps, config.training.min_learning_rate)
@@ -127,7 +130,7 @@ def run(config: TrainConfig, argv: list[str]) -> None:
                        train_batches=train_batches, eval_set=eval_set,
                        normalizer=get_normalizer(config.eval.eval_normalizer),
                        generation=generation, logger=logger, state=state, manifest=manifest,
-                       start_step=state.step)
+                       start_step=state.step, synced_gpus=zero_stage(accelerator) == 3)
     logger.info(f"training {max_steps} steps of {schedule.kind} schedule, peak lr {schedule.peak:g} "
                 f"at step {schedule.warmup_steps or 1}; global batch "
                 f"{config.training.per_device_train_batch_size * accelerator.num_processes * config.training.gradient_accumulation_steps}")
@@ -177,8 +180,7 @@ def build_accelerator(config: TrainConfig):
         log_with="tensorboard" if tracking else None,
         project_config=ProjectConfiguration(project_dir=output_dir,
                                             logging_dir=os.path.join(output_dir, "tensorboard")),
-        # Without a GPU, cpu=True is what joins several CPU processes into one gloo group.
-        cpu=not torch.cuda.is_available(),
+        **accelerator_kwargs(),  # without a GPU: what joins several processes into one gloo group
     )
     if tracking:
         hparams = {k: (v if isinstance(v, (int, float, str, bool)) else str(v))
@@ -193,12 +195,17 @@ def finish(run: Run) -> None:
     output_dir = cfg.training.output_dir
     model = accelerator.unwrap_model(run.model)
     if cfg.checkpoint.load_best_model_at_end and state.best_checkpoint:
-        load_weights(model, os.path.join(output_dir, state.best_checkpoint))
+        best = os.path.join(output_dir, state.best_checkpoint)
+        if zero_stage(accelerator):
+            accelerator.load_state(best)  # ZeRO shards: let DeepSpeed place them
+        else:
+            load_weights(model, best)
         logger.info(f"final model = best checkpoint {state.best_checkpoint} "
                     f"({cfg.checkpoint.metric_for_best_model} {state.best_metric:.3f})")
     model.config.use_cache = True  # generation speed for whoever loads the model
+    weights = accelerator.get_state_dict(run.model)  # every process: ZeRO-3 gathers the shards
     if accelerator.is_main_process:
-        model.save_pretrained(output_dir, state_dict=accelerator.get_state_dict(run.model))
+        model.save_pretrained(output_dir, state_dict=weights)
         run.processor.save_pretrained(output_dir)
     accelerator.wait_for_everyone()
     logger.info(f"saved the final model to {output_dir} (from_pretrained / pipeline ready)")

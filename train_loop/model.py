@@ -42,6 +42,11 @@ def load_model(config: ModelConfig, processor):
     except Exception as err:
         raise UserError(_load_hint(config.model_name_or_path, "model", err)) from None
     configure_generation(model, config.language, config.task)
+    # SpecAugment lives in the model config: Whisper's encoder applies it in training mode only.
+    model.config.apply_spec_augment = config.apply_spec_augment
+    for name in ("mask_time_prob", "mask_time_length", "mask_time_min_masks", "mask_feature_prob",
+                 "mask_feature_length"):
+        setattr(model.config, name, getattr(config, name))
     if config.freeze_encoder:
         model.model.encoder.requires_grad_(False)
     if config.gradient_checkpointing:

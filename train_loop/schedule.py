@@ -49,7 +49,7 @@ class LRSchedule:
             return 1.0
         # Progress through the decay, 0 right after warmup (or the rebase step); it reaches 1
         # one step after the last, so the final step still learns something.
-        start, start_factor = self.warmup_steps, 1.0
+        start, start_factor = max(self.warmup_steps, 1), 1.0  # without warmup, step 1 is the peak
         if self.rebase_step > self.warmup_steps:
             start, start_factor = self.rebase_step, self.rebase_factor
         span = max(1, self.total_steps - start + 1)

@@ -1,0 +1,228 @@
+"""Several processes (DDP over gloo) and DeepSpeed ZeRO-2/3 on CPU give the single-process numbers.
+
+Each multi-process run goes through `accelerate launch` with the project's own config files
+from launch/accelerate/, so those files are exercised as a user would use them.
+"""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from train_loop import main as train_main
+from train_loop.config import parse_train_config
+from train_loop.distributed import fill_deepspeed_config
+from train_loop.errors import UserError
+from conftest import ROOT, SENTENCES, train_args, write_audiofolder
+
+# Transcripts of different lengths, so a wrong loss normalization would show.
+TRAIN = [f"{SENTENCES[i % len(SENTENCES)]} {'слова ' * (i % 4)}{i}" for i in range(12)]
+RUN = dict(per_device_train_batch_size=2, max_steps=4, warmup_steps=1, learning_rate=5e-3,
+           eval_steps=2, save_steps=2, per_device_eval_batch_size=2, test_split_name="none",
+           mixed_precision="no")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dist-data")
+    return write_audiofolder(root, {"train": TRAIN, "validation": SENTENCES[:5]}, seconds=0.5)
+
+
+@pytest.fixture(scope="module")
+def single(tiny_model_dir, data, tmp_path_factory):
+    """One process with the global batch (4) in one micro-batch."""
+    out = tmp_path_factory.mktemp("single")
+    flags = {**RUN, "per_device_train_batch_size": 4}
+    assert train_main.main(train_args(tiny_model_dir, data, out, out / "cache", **flags)) == 0
+    return out
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def launch(config_file: str, args: list[str], processes: int = 2) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", config_file,
+               "--num_processes", str(processes), "--main_process_port", str(_free_port())]
+    if "deepspeed" not in config_file:
+        env["ACCELERATE_USE_CPU"] = "1"  # with --multi_gpu, what starts several CPU processes
+    command += ["train_loop/main.py", *args]
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def records(out, key):
+    with open(Path(out) / "metrics.jsonl", encoding="utf-8") as handle:
+        return [r for r in map(json.loads, handle) if key in r]
+
+
+def eval_ids(out, step):
+    with open(Path(out) / "eval" / f"step-{step}.jsonl", encoding="utf-8") as handle:
+        return [json.loads(line)["id"] for line in handle]
+
+
+def assert_same_numbers(out, reference, exact_weights_atol=1e-5):
+    for mine, theirs in zip(records(out, "loss"), records(reference, "loss"), strict=True):
+        assert mine["loss"] == pytest.approx(theirs["loss"], rel=1e-5), mine["step"]
+        assert mine["learning_rate"] == theirs["learning_rate"]
+    for mine, theirs in zip(records(out, "eval_wer"), records(reference, "eval_wer"), strict=True):
+        assert mine["eval_wer"] == pytest.approx(theirs["eval_wer"])
+        assert mine["eval_samples"] == theirs["eval_samples"] == 5
+    for step in (2, 4):  # every clip exactly once, though 5 clips do not fill 2 processes x 2
+        assert sorted(eval_ids(out, step)) == sorted(eval_ids(reference, step))
+        assert len(set(eval_ids(out, step))) == 5
+    mine, theirs = load_file(Path(out) / "model.safetensors"), load_file(Path(reference) / "model.safetensors")
+    for name, tensor in theirs.items():
+        torch.testing.assert_close(mine[name], tensor, rtol=0, atol=exact_weights_atol)
+
+
+def test_two_processes_equal_one_process_with_the_global_batch(tiny_model_dir, data, single, tmp_path):
+    out = tmp_path / "ddp"
+    result = launch("launch/accelerate/multi_gpu.yaml",
+                    train_args(tiny_model_dir, data, out, tmp_path / "cache", **RUN))
+    assert "2 process(es) on cpu" in result.stdout
+    assert result.stdout.count("step 1/4") == 1  # one process logs
+    assert_same_numbers(out, single)
+
+
+@pytest.mark.parametrize("stage", ["zero2", "zero3"])
+def test_deepspeed_trains_evaluates_saves_and_resumes(tiny_model_dir, data, single, tmp_path, stage):
+    config = f"launch/accelerate/deepspeed_{stage}.yaml"
+    out = tmp_path / stage
+    launch(config, train_args(tiny_model_dir, data, out, tmp_path / "cache", **RUN))
+    # Same losses, WER and (consolidated, from_pretrained-loadable) weights as one process.
+    assert_same_numbers(out, single, exact_weights_atol=1e-5)
+    from transformers import WhisperForConditionalGeneration
+
+    WhisperForConditionalGeneration.from_pretrained(out / "checkpoint-2")
+
+    resumed = tmp_path / f"{stage}-resumed"
+    resumed.mkdir()
+    shutil.copytree(out / "checkpoint-2", resumed / "checkpoint-2")
+    launch(config, train_args(tiny_model_dir, data, resumed, tmp_path / "cache", **RUN,
+                              resume_from="checkpoint-2"))
+    after = [r for r in records(out, "loss") if r["step"] > 2]
+    assert [(r["step"], r["loss"], r["learning_rate"]) for r in records(resumed, "loss")] == \
+        [(r["step"], r["loss"], r["learning_rate"]) for r in after]
+    final, again = load_file(out / "model.safetensors"), load_file(resumed / "model.safetensors")
+    for name, tensor in final.items():
+        assert torch.equal(tensor, again[name]), name
+
+
+# --------------------------------------------------------------------------------------------
+# Every shipped config is valid
+# --------------------------------------------------------------------------------------------
+
+LAUNCH = sorted((ROOT / "launch" / "accelerate").glob("*.yaml"))
+DS_CONFIGS = sorted((ROOT / "ds_configs").glob("*.json"))
+RECIPES = sorted((ROOT / "launch" / "recipes").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", LAUNCH, ids=lambda p: p.name)
+def test_accelerate_config_files_load(path):
+    from accelerate.commands.config.config_args import ClusterConfig
+
+    config = ClusterConfig.from_yaml_file(str(path))
+    assert config.num_processes >= 1 and config.machine_rank == 0
+    if config.distributed_type.value == "DEEPSPEED":
+        ds_file = ROOT / config.deepspeed_config["deepspeed_config_file"]
+        assert ds_file.is_file(), f"{path.name} names a missing {ds_file}"
+        assert config.deepspeed_config.get("zero3_init_flag") is False
+    else:
+        assert config.mixed_precision == "bf16"
+    if config.num_machines > 1:
+        assert config.main_process_ip and config.main_process_port
+
+
+class _FakePlugin:
+    def __init__(self, ds):
+        self.deepspeed_config = ds
+
+
+class _FakeState:
+    def __init__(self, ds):
+        self.deepspeed_plugin = _FakePlugin(ds)
+
+
+class _FakeAccelerator:
+    def __init__(self, ds, processes=8, precision="bf16"):
+        self.state, self.num_processes, self.mixed_precision = _FakeState(ds), processes, precision
+
+
+def _training(**overrides):
+    return parse_train_config(["--output_dir", "x", "--data_dir", "x", "--max_steps", "10",
+                               *[f"--{k}={v}" for k, v in overrides.items()]]).training
+
+
+@pytest.mark.parametrize("path", DS_CONFIGS, ids=lambda p: p.name)
+def test_deepspeed_configs_fill_every_auto_from_the_flags(path):
+    ds = json.loads(path.read_text())
+    stage = ds["zero_optimization"]["stage"]
+    assert stage in (2, 3) and "optimizer" not in ds and "scheduler" not in ds
+    fill_deepspeed_config(_FakeAccelerator(ds), _training(per_device_train_batch_size=16,
+                                                          gradient_accumulation_steps=4))
+    assert ds["train_micro_batch_size_per_gpu"] == 16 and ds["gradient_accumulation_steps"] == 4
+    assert ds["train_batch_size"] == 16 * 4 * 8 and ds["gradient_clipping"] == 1.0
+    assert ds["bf16"]["enabled"] is True and ds["fp16"]["enabled"] is False
+    # What is still "auto" accelerate fills from the model's size at prepare time.
+    left = {k for k, v in ds["zero_optimization"].items() if v == "auto"}
+    assert left <= {"reduce_bucket_size", "stage3_prefetch_bucket_size", "stage3_param_persistence_threshold"}
+    if "offload" in path.name:
+        assert ds["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
+        assert ds["zero_force_ds_cpu_optimizer"] is False  # the project's torch AdamW runs there
+
+
+def test_deepspeed_config_that_disagrees_with_a_flag_is_an_error():
+    ds = {"train_micro_batch_size_per_gpu": 8, "zero_optimization": {"stage": 2}}
+    with pytest.raises(UserError, match="train_micro_batch_size_per_gpu is 8 but "
+                                        "--per_device_train_batch_size gives 16"):
+        fill_deepspeed_config(_FakeAccelerator(ds), _training(per_device_train_batch_size=16))
+    with pytest.raises(UserError, match="remove the 'scheduler' section"):
+        fill_deepspeed_config(_FakeAccelerator({"scheduler": {}}), _training())
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
+def test_recipes_are_valid_and_name_existing_launch_configs(path):
+    config = parse_train_config(["--config", str(path)])
+    assert config.training.per_device_train_batch_size * config.training.gradient_accumulation_steps == 64
+    text = path.read_text()
+    for word in text.split():
+        if word.startswith("launch/accelerate/"):
+            assert (ROOT / word.rstrip(".,)")).is_file(), word
+    assert yaml.safe_load(text)["model_name_or_path"].startswith("openai/whisper-")
+
+
+# --------------------------------------------------------------------------------------------
+# Memory options
+# --------------------------------------------------------------------------------------------
+
+
+def test_memory_options_train_and_8bit_is_a_clear_error_on_cpu(tiny_model_dir, dataset_dir, tmp_path, capsys):
+    out = tmp_path / "fused"
+    assert train_main.main(train_args(tiny_model_dir, dataset_dir, out, tmp_path / "c", optim="adamw_fused",
+                                      gradient_checkpointing="true", freeze_encoder="true",
+                                      apply_spec_augment="true", mask_time_prob=0.2, mask_feature_prob=0.1,
+                                      max_steps=2, eval_split_name="none", test_split_name="none")) == 0
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["apply_spec_augment"] is True and saved["mask_time_prob"] == 0.2
+    assert saved["use_cache"] is True  # switched off for training, back on for whoever loads it
+    start, final = load_file(Path(tiny_model_dir) / "model.safetensors"), load_file(out / "model.safetensors")
+    assert all(torch.equal(start[k], final[k]) for k in final if k.startswith("model.encoder."))
+    assert any(not torch.equal(start[k], final[k]) for k in final if k.startswith("model.decoder."))
+
+    code = train_main.main(train_args(tiny_model_dir, dataset_dir, tmp_path / "8bit", tmp_path / "c",
+                                      optim="adamw_8bit"))
+    assert code == 2
+    assert "--optim adamw_8bit needs a CUDA GPU" in capsys.readouterr().err

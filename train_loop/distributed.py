@@ -1,0 +1,109 @@
+"""Processes and DeepSpeed: one Accelerator for one GPU, a node, several nodes, or ZeRO.
+
+* Without a GPU, several processes join one gloo group only when asked to: ``cpu=True`` for
+  DDP, and for DeepSpeed an explicit gloo process group (``--cpu`` and DeepSpeed exclude
+  each other; without it every rank believes it is alone).
+* A DeepSpeed JSON may say ``"auto"``; here every ``auto`` is filled from this run's flags,
+  and a number that disagrees with a flag is an error naming both, so a run never has two
+  batch sizes, accumulations or clipping thresholds. The JSON must not carry an
+  ``optimizer`` or ``scheduler``: the project's own optimizer and LR schedule (exact across
+  resume, one step per optimizer step) stay in charge.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+
+from .errors import UserError
+
+
+def deepspeed_requested() -> bool:
+    """Whether ``accelerate launch`` was told to use DeepSpeed (config file or --use_deepspeed)."""
+    return os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() in ("1", "true", "yes")
+
+
+def accelerator_kwargs() -> dict[str, Any]:
+    """How the Accelerator must be built on this machine to form one process group."""
+    if torch.cuda.is_available():
+        return {}
+    if deepspeed_requested():
+        from accelerate.utils import InitProcessGroupKwargs
+
+        return {"kwargs_handlers": [InitProcessGroupKwargs(backend="gloo")]}
+    return {"cpu": True}
+
+
+def zero_stage(accelerator) -> int:
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    if plugin is None:
+        return 0
+    return int(plugin.deepspeed_config.get("zero_optimization", {}).get("stage", 0))
+
+
+@contextmanager
+def load_whole_model(accelerator):
+    """Under ZeRO-3, load the model whole and let ``prepare`` partition it: transformers would
+    otherwise build it inside ``deepspeed.zero.Init``, where Whisper's sinusoidal position
+    initialisation fails. Costs one full copy of the weights in CPU memory per process while
+    loading (6 GB for whisper-large in fp32)."""
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    if plugin is None or zero_stage(accelerator) != 3:
+        yield
+        return
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+    unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        plugin.set_deepspeed_weakref()
+
+
+def fill_deepspeed_config(accelerator, training) -> None:
+    """Fill the DeepSpeed config's ``auto`` values from the flags before ``prepare``."""
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    if plugin is None:
+        return
+    ds = plugin.deepspeed_config
+    source = getattr(plugin, "hf_ds_config", None)
+    name = getattr(source, "config_file", None) or os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE") \
+        or "the DeepSpeed config"
+    for section in ("optimizer", "scheduler"):
+        if section in ds:
+            raise UserError(
+                f"{name}: remove the '{section}' section; the optimizer comes from --optim and the "
+                "learning-rate schedule from --lr_scheduler_type/--learning_rate/--warmup_steps, "
+                "the same with or without DeepSpeed")
+    micro = training.per_device_train_batch_size
+    accumulation = training.gradient_accumulation_steps
+    values = {
+        "train_micro_batch_size_per_gpu": (micro, "--per_device_train_batch_size"),
+        "gradient_accumulation_steps": (accumulation, "--gradient_accumulation_steps"),
+        "train_batch_size": (micro * accumulation * accelerator.num_processes,
+                             "--per_device_train_batch_size x --gradient_accumulation_steps x processes"),
+        "gradient_clipping": (training.max_grad_norm, "--max_grad_norm"),
+    }
+    for key, (value, flag) in values.items():
+        _fill(ds, [key], value, flag, name)
+    precision = accelerator.mixed_precision
+    _fill(ds, ["bf16", "enabled"], precision == "bf16", "--mixed_precision", name)
+    _fill(ds, ["fp16", "enabled"], precision == "fp16", "--mixed_precision", name)
+
+
+def _fill(config: dict[str, Any], path: list[str], value: Any, flag: str, name: str) -> None:
+    node = config
+    for key in path[:-1]:
+        if key not in node:
+            return
+        node = node[key]
+    key = path[-1]
+    current = node.get(key, "auto")
+    if current == "auto":
+        node[key] = value
+    elif current != value and not (isinstance(value, float) and float(current) == value):
+        raise UserError(f"{name}: {'.'.join(path)} is {current} but {flag} gives {value}; set it to "
+                        "\"auto\" (filled from the flags) or make the flag agree")
