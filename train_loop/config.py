@@ -80,8 +80,11 @@ class DataConfig:
         "subset); the final test evaluation always uses the whole test split.")
     shuffle_buffer_size: int = flag(
         500, "Streaming only: rows held in the shuffle buffer (reshuffled every epoch).")
-    dataloader_num_workers: int = flag(
-        2, "DataLoader worker processes (decoding when streaming, reading features otherwise).")
+    dataloader_num_workers: int | None = flag(
+        None, "DataLoader worker processes per training process (they decode when streaming and "
+        "read features otherwise). Default: 0 for prepared data without a GPU (reading cached "
+        "features is cheap; a worker would only take CPU cores from training), else "
+        "min(4, CPU cores per process).")
     do_lower_case: bool = flag(False, "Lower-case training transcripts (default: keep raw text).")
     do_remove_punctuation: bool = flag(
         False, "Normalize training transcripts with the evaluation normalizer (lower case, no "
@@ -132,7 +135,8 @@ class TrainingConfig:
         "linear", "Learning-rate decay after warmup.", ("linear", "cosine", "constant"))
     min_learning_rate: float = flag(0.0, "Learning rate the linear/cosine decay ends at.")
     optim: str = flag(
-        "adamw", "Optimizer: adamw, adamw_fused (one fused kernel; faster on GPU), adamw_8bit "
+        "adamw_fused", "Optimizer: adamw_fused (AdamW in one fused kernel, as transformers' "
+        "default; ~10%% faster steps on CPU here), adamw (the multi-tensor kernel), adamw_8bit "
         "(8-bit states via bitsandbytes, CUDA only; saves memory) or adafactor (factored "
         "second moments; least memory).", ("adamw", "adamw_fused", "adamw_8bit", "adafactor"))
     weight_decay: float = flag(0.0, "Decoupled weight decay (not applied to biases and norms).")
@@ -389,7 +393,7 @@ def validate_train_config(config: TrainConfig) -> None:
     for name, value in {"eval_steps": ev.eval_steps, "save_steps": ck.save_steps,
                         "warmup_steps": tr.warmup_steps,
                         "dataloader_num_workers": data.dataloader_num_workers}.items():
-        if value < 0:
+        if value is not None and value < 0:
             raise UserError(f"--{name} must be 0 or more, got {value}")
     if tr.learning_rate <= 0:
         raise UserError(f"--learning_rate must be positive, got {tr.learning_rate}")

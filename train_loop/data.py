@@ -191,6 +191,16 @@ def is_empty_batch(batch: dict[str, Any]) -> bool:
     return not batch["ids"]
 
 
+def loader_workers(data_config, streaming: bool, accelerator) -> int:
+    """``--dataloader_num_workers``, or its default for this machine (see the flag's help)."""
+    if data_config.dataloader_num_workers is not None:
+        return data_config.dataloader_num_workers
+    if not streaming and accelerator.device.type == "cpu":
+        return 0
+    cores = (os.cpu_count() or 1) // max(1, accelerator.num_processes)
+    return max(1, min(4, cores))
+
+
 def make_loader(dataset, collator: SpeechCollator | None, num_workers: int, pin_memory: bool,
                 batch_sampler=None):
     """A DataLoader for a prepared split (with a batch sampler) or a stream (batches made by the
@@ -406,7 +416,7 @@ def build_train_batches(config, processor, accelerator) -> TrainBatches:
                                   seed=config.training.seed, drop_last=True,
                                   process_index=accelerator.process_index,
                                   num_processes=accelerator.num_processes)
-        loader = make_loader(stream, None, data.dataloader_num_workers, pin)
+        loader = make_loader(stream, None, loader_workers(data, True, accelerator), pin)
         if isinstance(rows.rows, datasets.Dataset):
             rows_key = content_hash(data.max_train_samples, *rows.rows["id"])
         else:
@@ -424,7 +434,7 @@ def build_train_batches(config, processor, accelerator) -> TrainBatches:
             f"--per_device_train_batch_size or add data ({prepared.report.summary()})")
     sampler = ShardedBatchSampler(len(prepared), batch_size, accelerator.num_processes,
                                   accelerator.process_index, seed=config.training.seed)
-    loader = make_loader(prepared, collator, data.dataloader_num_workers, pin, batch_sampler=sampler)
+    loader = make_loader(prepared, collator, loader_workers(data, False, accelerator), pin, batch_sampler=sampler)
     rows_key = content_hash(*prepared.ids())
     return TrainBatches(loader, sampler, None, prepared.report, len(prepared), rows.fingerprint, rows_key)
 
@@ -445,7 +455,7 @@ def build_eval_set(config, processor, accelerator, split: str, max_samples: int 
                                   shuffle_buffer_size=0, drop_last=False,
                                   process_index=accelerator.process_index,
                                   num_processes=accelerator.num_processes)
-        loader = make_loader(stream, None, data.dataloader_num_workers, pin)
+        loader = make_loader(stream, None, loader_workers(data, True, accelerator), pin)
         per_process = math.ceil(known / accelerator.num_processes) if known else None
         return EvalSet(split, loader, True, None, known, per_process)
     with accelerator.main_process_first():
@@ -457,5 +467,5 @@ def build_eval_set(config, processor, accelerator, split: str, max_samples: int 
         raise UserError(f"{rows.name}: no usable evaluation clips ({prepared.report.summary()})")
     batches = eval_batches(prepared.durations(), batch_size, accelerator.num_processes,
                            accelerator.process_index)
-    loader = make_loader(prepared, collator, data.dataloader_num_workers, pin, batch_sampler=batches)
+    loader = make_loader(prepared, collator, loader_workers(data, False, accelerator), pin, batch_sampler=batches)
     return EvalSet(split, loader, False, prepared.report, len(prepared), sum(len(b) for b in batches))

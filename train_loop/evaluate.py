@@ -37,7 +37,8 @@ class EvaluateConfig:
         None, "Generate under autocast in this precision (default: the accelerate config, else no).",
         ("no", "fp16", "bf16"))
     attn_implementation: str = flag("sdpa", "Attention kernel.", ("eager", "sdpa", "flash_attention_2"))
-    dataloader_num_workers: int = flag(2, "DataLoader worker processes.")
+    dataloader_num_workers: int | None = flag(
+        None, "DataLoader worker processes (default: 0 for prepared data on CPU, else up to 4).")
     output_dir: str | None = flag(
         None, "Where eval/<split>-predictions.jsonl goes (default: the model folder, or "
         "./eval-results for a Hub model).")

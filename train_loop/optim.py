@@ -25,7 +25,7 @@ def build_optimizer(model: torch.nn.Module, config: TrainingConfig) -> torch.opt
     if config.optim == "adamw":
         return torch.optim.AdamW(groups, **adam)
     if config.optim == "adamw_fused":
-        # One kernel for all parameters instead of a loop over them: faster on GPU.
+        # One kernel for all parameters instead of a loop over them (CPU and GPU).
         return torch.optim.AdamW(groups, fused=True, **adam)
     if config.optim == "adamw_8bit":
         return _adamw_8bit(groups, adam)

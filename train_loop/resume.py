@@ -19,7 +19,7 @@ import os
 from typing import Any
 
 from .checkpoint import TrainerState, load_checkpoint, load_data_state, read_json
-from .data import TrainBatches
+from .data import TrainBatches, loader_workers
 from .errors import UserError
 from .schedule import LRSchedule
 
@@ -39,7 +39,7 @@ def run_layout(config, accelerator, train_batches: TrainBatches) -> dict[str, An
         "num_processes": accelerator.num_processes,
         "per_device_train_batch_size": config.training.per_device_train_batch_size,
         "gradient_accumulation_steps": config.training.gradient_accumulation_steps,
-        "dataloader_num_workers": config.data.dataloader_num_workers,
+        "dataloader_num_workers": loader_workers(config.data, config.source.streaming, accelerator),
         "seed": config.training.seed,
         "streaming": config.source.streaming,
         "train_rows": train_batches.rows_key,

@@ -70,6 +70,42 @@ def checkpoint_cost(out: str, step: int) -> dict[str, float]:
     return {"checkpoint_mb": round(size / 2**20, 1), "save_seconds": seconds[-1] if seconds else float("nan")}
 
 
+def measure_resume(work: str, rows: int, step: int, checkpoint_model: str | None = None) -> dict[str, object]:
+    """Train to ``step`` once (reused from ``work`` later), then time a fresh start and a resume."""
+    data = build_tone_dataset(os.path.join(work, "data"), {"train": rows}, min_seconds=0.5, max_seconds=2.0)
+    model = os.path.join(work, "tiny")
+    if not os.path.isdir(model):
+        build_tiny_whisper(model, chunk_length=2, d_model=32, layers=1, heads=2)
+    cache, out = os.path.join(work, "cache"), os.path.join(work, "run")
+    results: dict[str, object] = {"rows": rows, "step": step}
+
+    if not os.path.isfile(os.path.join(out, f"checkpoint-{step}", "trainer_state.json")):
+        started = time.perf_counter()
+        subprocess.run(train_command(model, data, out, cache, max_steps=step, save_steps=step,
+                                     logging_steps=max(1, step // 10)), check=True, stdout=subprocess.DEVNULL)
+        results["train_to_step_seconds"] = round(time.perf_counter() - started, 1)
+    results.update(checkpoint_cost(out, step))
+
+    fresh = time_to_first_step(train_command(model, data, os.path.join(work, "fresh"), cache,
+                                             max_steps=step * 2, save_steps=0), 1)
+    resumed = time_to_first_step(train_command(model, data, out, cache, max_steps=step * 2,
+                                               save_steps=0, resume_from=f"checkpoint-{step}"), step + 1)
+    results["fresh_start_to_first_step_s"] = round(fresh["first_step"], 2)
+    results["resume_to_first_resumed_step_s"] = round(resumed["first_step"], 2)
+    results["resume_overhead_s"] = round(resumed["first_step"] - fresh["first_step"], 2)
+
+    if checkpoint_model:
+        small_data = build_tone_dataset(os.path.join(work, "data-small"), {"train": 8}, min_seconds=1, max_seconds=2)
+        big_out = os.path.join(work, "run-model")
+        subprocess.run(train_command(checkpoint_model, small_data, big_out, cache, max_steps=2,
+                                     save_steps=2, max_duration_in_seconds=30), check=True,
+                       stdout=subprocess.DEVNULL)
+        cost = checkpoint_cost(big_out, 2)
+        results["model_checkpoint_mb"] = cost["checkpoint_mb"]
+        results["model_save_seconds"] = cost["save_seconds"]
+    return results
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=10_000, help="training clips (default 10000)")
@@ -79,39 +115,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="also measure checkpoint size/time for this model folder (e.g. whisper-base)")
     args = parser.parse_args(argv)
     work = args.work_dir or tempfile.mkdtemp(prefix="bench-resume-")
-    data = build_tone_dataset(os.path.join(work, "data"), {"train": args.rows}, min_seconds=0.5, max_seconds=2.0)
-    model = os.path.join(work, "tiny")
-    if not os.path.isdir(model):
-        build_tiny_whisper(model, chunk_length=2, d_model=32, layers=1, heads=2)
-    cache, out = os.path.join(work, "cache"), os.path.join(work, "run")
-    results: dict[str, object] = {"rows": args.rows, "step": args.step}
-
-    if not os.path.isfile(os.path.join(out, f"checkpoint-{args.step}", "trainer_state.json")):
-        started = time.perf_counter()
-        subprocess.run(train_command(model, data, out, cache, max_steps=args.step, save_steps=args.step,
-                                     logging_steps=500), check=True, stdout=subprocess.DEVNULL)
-        results["train_to_step_seconds"] = round(time.perf_counter() - started, 1)
-    results.update(checkpoint_cost(out, args.step))
-
-    fresh = time_to_first_step(train_command(model, data, os.path.join(work, "fresh"), cache,
-                                             max_steps=args.step * 2, save_steps=0), 1)
-    resumed = time_to_first_step(train_command(model, data, out, cache, max_steps=args.step * 2,
-                                               save_steps=0, resume_from=f"checkpoint-{args.step}"),
-                                 args.step + 1)
-    results["fresh_start_to_first_step_s"] = round(fresh["first_step"], 2)
-    results["resume_to_first_resumed_step_s"] = round(resumed["first_step"], 2)
-    results["resume_overhead_s"] = round(resumed["first_step"] - fresh["first_step"], 2)
-
-    if args.checkpoint_model:
-        small_data = build_tone_dataset(os.path.join(work, "data-small"), {"train": 8}, min_seconds=1, max_seconds=2)
-        big_out = os.path.join(work, "run-model")
-        subprocess.run(train_command(args.checkpoint_model, small_data, big_out, cache, max_steps=2,
-                                     save_steps=2, max_duration_in_seconds=30), check=True,
-                       stdout=subprocess.DEVNULL)
-        cost = checkpoint_cost(big_out, 2)
-        results["model_checkpoint_mb"] = cost["checkpoint_mb"]
-        results["model_save_seconds"] = cost["save_seconds"]
-
+    results = measure_resume(work, args.rows, args.step, args.checkpoint_model)
     width = max(len(k) for k in results)
     for key, value in results.items():
         print(f"{key:<{width}}  {value}")

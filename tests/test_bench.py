@@ -1,0 +1,24 @@
+"""The benchmark command runs end to end (smallest configuration) and ends with its JSON line."""
+
+import json
+import subprocess
+import sys
+
+from conftest import ROOT
+
+
+def test_bench_smoke_prints_a_table_and_a_final_json_line(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "train_loop.bench", "--smoke", "--repeats", "1",
+                             "--work_dir", str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    lines = result.stdout.strip().splitlines()
+    summary = json.loads(lines[-1])
+    for key in ("train_speedup_vs_trainer", "eval_speedup_vs_trainer", "eval_wer_equal",
+                "train_samples_per_second", "trainer_train_samples_per_second", "data_pipeline",
+                "resume_to_first_step_seconds"):
+        assert key in summary, key
+    assert summary["train_speedup_vs_trainer"] > 0 and summary["eval_speedup_vs_trainer"] > 0
+    # Same model, same clips, greedy decoding: both evaluations agree.
+    assert summary["eval_wer_equal"] is True
+    assert "Seq2SeqTrainer (event setup)" in result.stdout and "training samples/s" in result.stdout

@@ -1,0 +1,311 @@
+"""Benchmarks against the Seq2SeqTrainer baseline, measured side by side in one run.
+
+    python -m train_loop.bench --quick        # tiny model on CPU, a few minutes
+    python -m train_loop.bench                # larger CPU configuration
+    python -m train_loop.bench --model PATH   # e.g. whisper-small on a GPU (bf16)
+
+Prints a table and, as its last line, one JSON object with at least
+``train_speedup_vs_trainer``, ``eval_speedup_vs_trainer`` and ``eval_wer_equal``.
+
+1. Training throughput: this loop (prepared features, DataLoader workers) vs Seq2SeqTrainer
+   fed as the 2022 event script fed it (decode + log-mel on the fly in the main process);
+   same model, data, batch size, precision and gradient-checkpointing setting. Samples/s over
+   the steps after a warm-up.
+2. Data pipeline alone: samples/s that decode + resample + log-mel deliver (streaming) and
+   that reading prepared features delivers, by number of workers, next to what the model
+   consumes.
+3. Evaluation: this project's batched, length-sorted generation vs ``predict_with_generate``
+   on the same model and clips, with the WER of both (greedy: they must agree).
+4. MFU (GPU only): analytic model FLOPs per sample x samples/s / the GPU's bf16 peak.
+5. Resume: launch -> first resumed step on a prepared dataset (``train_loop.bench.resume``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import UserError
+
+
+@dataclass
+class Setup:
+    quick: bool
+    train_rows: int
+    eval_rows: int
+    batch_size: int
+    steps: int
+    warmup: int
+    eval_batch_size: int
+    baseline_eval_batch_size: int
+    generation_max_length: int
+    resume_rows: int
+    resume_step: int
+    window_seconds: int  # of the random tiny model (the real models hear 30 s)
+    max_clip_seconds: float
+
+
+def setup_for(args) -> Setup:
+    if getattr(args, "smoke", False):  # the test suite's run through every code path
+        return Setup(True, 24, 6, 4, 4, 2, 8, 2, 4, 40, 4, 2, 2.0)
+    if args.quick:  # the demo's model shape: a 4 s window, clips of 1-4 s
+        return Setup(True, 160, 48, 8, 30, 10, 64, 8, 24, 1000, 200, 4, 4.0)
+    # The real 30 s window: on CPU the encoder then dominates both training and evaluation.
+    return Setup(False, 512, 128, 16, 40, 10, 128, 16, 64, 10_000, 5_000, 30, 5.0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="tiny CPU configuration (a few minutes)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="the smallest configuration, for the test suite (its numbers mean nothing)")
+    parser.add_argument("--model", default=None,
+                        help="model folder to benchmark (default: a random tiny Whisper with a 30 s window)")
+    parser.add_argument("--work_dir", default=None, help="data, caches and runs (default: a temp dir)")
+    parser.add_argument("--mixed_precision", default=None, choices=["no", "fp16", "bf16"],
+                        help="default: bf16 on GPU, no on CPU (the same for both sides)")
+    parser.add_argument("--gradient_checkpointing", action="store_true", help="for both sides")
+    parser.add_argument("--skip_resume", action="store_true", help="leave out the resume measurement")
+    parser.add_argument("--repeats", type=int, default=2,
+                        help="alternating runs per side; medians are reported (default 2; eval runs once more)")
+    args = parser.parse_args(argv)
+    setup = setup_for(args)
+    work = args.work_dir or tempfile.mkdtemp(prefix="bench-")
+    os.makedirs(work, exist_ok=True)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    gpu = torch.cuda.is_available()
+    precision = args.mixed_precision or ("bf16" if gpu else "no")
+    if precision != "no" and not gpu:
+        raise SystemExit("--mixed_precision bf16/fp16 needs a GPU here")
+
+    from .synthetic import build_tone_dataset
+    from ..model import build_tiny_whisper
+
+    data = build_tone_dataset(os.path.join(work, f"data-{setup.max_clip_seconds}"),
+                              {"train": setup.train_rows, "validation": setup.eval_rows},
+                              max_seconds=setup.max_clip_seconds, audio_format="mp3")
+    model = args.model or os.path.join(work, f"tiny-{setup.window_seconds}s")
+    if args.model is None and not os.path.isdir(model):
+        build_tiny_whisper(model, chunk_length=setup.window_seconds, d_model=128, layers=2, heads=4)
+    results: dict[str, object] = {"device": torch.cuda.get_device_name(0) if gpu else f"CPU ({os.cpu_count()} cores)",
+                                  "model": os.path.basename(model.rstrip("/")), "precision": precision,
+                                  "batch_size": setup.batch_size, "repeats": args.repeats}
+    rows: list[tuple[str, str, str]] = []
+
+    # 1. Training throughput, side by side: alternating runs, the median of each side.
+    from .trainer_baseline import eval_throughput, train_throughput
+
+    ours_dir = os.path.join(work, "ours")
+    ours_runs, baseline_runs = [], []
+    for _ in range(args.repeats):
+        ours_runs.append(our_train_throughput(model, data, ours_dir, setup, precision, args.gradient_checkpointing))
+        baseline_runs.append(train_throughput(model, data, os.path.join(work, "trainer"), setup.batch_size,
+                                              setup.steps, setup.warmup, 1e-4, args.gradient_checkpointing,
+                                              precision))
+    ours, baseline = statistics.median(ours_runs), statistics.median(baseline_runs)
+    results["train_samples_per_second"] = round(ours, 2)
+    results["trainer_train_samples_per_second"] = round(baseline, 2)
+    results["train_speedup_vs_trainer"] = round(ours / baseline, 2)
+    rows.append(("training samples/s", f"{ours:.1f}", f"{baseline:.1f}  ({ours / baseline:.2f}x)"))
+
+    # 2. Data pipeline alone.
+    pipeline = data_pipeline_rates(model, data, work, setup)
+    results["data_pipeline"] = pipeline
+    for name, rate in pipeline.items():
+        rows.append((f"data: {name} samples/s", f"{rate:.1f}", f"model consumes {ours:.1f}"))
+
+    # 3. Evaluation, side by side, on the model our run produced.
+    trained = ours_dir
+    rates: dict[str, list[float]] = {"ours": [], "same_batch": [], "trainer": []}
+    for _ in range(args.repeats + 1):
+        rate, ours_predictions = our_eval_throughput(trained, data, work, setup, setup.eval_batch_size, precision)
+        rates["ours"].append(rate)
+        rate, same_batch_predictions = our_eval_throughput(trained, data, work, setup,
+                                                           setup.baseline_eval_batch_size, precision)
+        rates["same_batch"].append(rate)
+        rate, base_predictions = eval_throughput(trained, data, os.path.join(work, "trainer-eval"), "validation",
+                                                 setup.baseline_eval_batch_size, setup.generation_max_length,
+                                                 precision=precision)
+        rates["trainer"].append(rate)
+    ours_eval, same_batch, base_eval = (statistics.median(rates[k]) for k in ("ours", "same_batch", "trainer"))
+    from ..metrics import error_rates
+    from ..text import BelarusianTextNormalizer
+
+    def wer(predictions):
+        return error_rates([p["reference"] for p in predictions], [p["prediction"] for p in predictions],
+                           BelarusianTextNormalizer())["wer"]
+
+    ours_wer, same_batch_wer, base_wer = wer(ours_predictions), wer(same_batch_predictions), wer(base_predictions)
+    # Both sides read the clips in the split's order; the Trainer's come back in that order.
+    ours_texts = [p["prediction"] for p in sorted(ours_predictions, key=lambda p: p["id"])]
+    base_texts = [p["prediction"] for p in base_predictions]
+    identical = sum(a == b for a, b in zip(ours_texts, base_texts)) / max(1, len(base_texts))
+    results.update({
+        "eval_samples_per_second": round(ours_eval, 2),
+        "eval_samples_per_second_at_trainer_batch": round(same_batch, 2),
+        "trainer_eval_samples_per_second": round(base_eval, 2),
+        "eval_speedup_vs_trainer": round(ours_eval / base_eval, 2),
+        "eval_wer": round(ours_wer, 4), "trainer_eval_wer": round(base_wer, 4),
+        "eval_wer_equal": abs(ours_wer - base_wer) < 1e-9 and abs(same_batch_wer - base_wer) < 1e-9,
+        "eval_predictions_identical": round(identical, 4),
+        "eval_batch_size": setup.eval_batch_size, "trainer_eval_batch_size": setup.baseline_eval_batch_size,
+    })
+    rows.append((f"eval clips/s (batch {setup.eval_batch_size} vs {setup.baseline_eval_batch_size})",
+                 f"{ours_eval:.1f}", f"{base_eval:.1f}  ({ours_eval / base_eval:.2f}x)"))
+    rows.append((f"eval clips/s at the Trainer's batch {setup.baseline_eval_batch_size}", f"{same_batch:.1f}",
+                 f"{base_eval:.1f}  ({same_batch / base_eval:.2f}x)"))
+    rows.append(("eval WER %", f"{ours_wer:.2f}", f"{base_wer:.2f}  (equal: {results['eval_wer_equal']}; "
+                                                  f"{100 * identical:.0f}% of transcripts identical)"))
+
+    # 4. MFU (GPU only).
+    mfu = model_flops_utilization(trained, ours, data)
+    results["mfu"] = mfu
+    rows.append(("MFU (bf16 peak)", "n/a on CPU" if mfu is None else f"{100 * mfu:.1f}%", ""))
+
+    # 5. Resume.
+    if not args.skip_resume:
+        from .resume import measure_resume
+
+        resume = measure_resume(os.path.join(work, "resume"), setup.resume_rows, setup.resume_step)
+        results["resume_to_first_step_seconds"] = resume["resume_to_first_resumed_step_s"]
+        results["fresh_start_to_first_step_seconds"] = resume["fresh_start_to_first_step_s"]
+        rows.append((f"launch -> first step, resume at {setup.resume_step} of {setup.resume_rows} rows (s)",
+                     f"{resume['resume_to_first_resumed_step_s']:.2f}",
+                     f"fresh start {resume['fresh_start_to_first_step_s']:.2f}"))
+
+    print_table(results, rows)
+    print(json.dumps(results), flush=True)
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# This project's side
+# --------------------------------------------------------------------------------------------
+
+
+def _our_flags(model: str, data: str, out: str, setup: Setup, precision: str, **extra) -> list[str]:
+    flags = {"model_name_or_path": model, "data_dir": data, "output_dir": out,
+             "cache_dir": os.path.join(os.path.dirname(out), "cache"),
+             "per_device_train_batch_size": setup.batch_size, "max_steps": setup.steps,
+             "learning_rate": 1e-4, "warmup_steps": 0, "logging_steps": setup.warmup,
+             "eval_split_name": "none", "test_split_name": "none", "save_steps": 0,
+             "report_to": "none", "mixed_precision": precision, "seed": 0,
+             "max_duration_in_seconds": setup.window_seconds,
+             "preprocessing_num_workers": max(1, os.cpu_count() or 1),
+             "prepared_feature_dtype": "float32",  # identical features on both sides: equal WER
+             "generation_max_length": setup.generation_max_length}
+    flags.update(extra)
+    args = []
+    for key, value in flags.items():
+        args += [f"--{key}", str(value)]
+    return args
+
+
+def our_train_throughput(model: str, data: str, out: str, setup: Setup, precision: str,
+                         gradient_checkpointing: bool) -> float:
+    from ..main import main as train_main
+
+    args = _our_flags(model, data, out, setup, precision,
+                      gradient_checkpointing=str(gradient_checkpointing).lower())
+    if os.path.isdir(out):
+        import shutil
+
+        shutil.rmtree(out)
+    if train_main(args) != 0:
+        raise UserError("the training run failed; see its output above")
+    with open(os.path.join(out, "metrics.jsonl"), encoding="utf-8") as handle:
+        records = [json.loads(line) for line in handle]
+    times = {r["step"]: r["time"] for r in records if "loss" in r}
+    return (setup.steps - setup.warmup) * setup.batch_size / (times[setup.steps] - times[setup.warmup])
+
+
+def our_eval_throughput(model: str, data: str, work: str, setup: Setup, batch_size: int,
+                        precision: str) -> tuple[float, list[dict[str, str]]]:
+    """(clips/s, predictions) of this project's evaluation of the validation split."""
+    from accelerate import Accelerator
+
+    from ..config import parse_train_config
+    from ..data import build_eval_set
+    from ..evaluation import GenerationSettings, evaluate
+    from ..model import load_model, load_processor
+    from ..text import BelarusianTextNormalizer
+
+    config = parse_train_config(_our_flags(model, data, os.path.join(work, "ours-eval"), setup, precision,
+                                           per_device_eval_batch_size=batch_size,
+                                           model_name_or_path=model))
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(),
+                              mixed_precision=None if precision == "no" else precision)
+    processor = load_processor(model, config.model.language, config.model.task)
+    whisper = accelerator.prepare(load_model(config.model, processor))
+    eval_set = build_eval_set(config, processor, accelerator, "validation", None)  # prepared once, cached
+    settings = GenerationSettings(config.model.language, config.model.task, setup.generation_max_length)
+    predictions_path = os.path.join(work, "ours-eval", f"batch-{batch_size}.jsonl")
+    result = evaluate(whisper, eval_set, processor.tokenizer, settings, accelerator, BelarusianTextNormalizer(),
+                      predictions_path, show_progress=False)
+    with open(predictions_path, encoding="utf-8") as handle:
+        predictions = [json.loads(line) for line in handle]
+    return result["samples_per_second"], predictions
+
+
+def data_pipeline_rates(model: str, data: str, work: str, setup: Setup) -> dict[str, float]:
+    """Clips/s delivered by each way of feeding the model, without the model."""
+    from accelerate import Accelerator
+
+    from ..config import parse_train_config
+    from ..data import build_train_batches
+    from ..model import load_processor
+
+    accelerator = Accelerator(cpu=True)
+    rates: dict[str, float] = {}
+    batches = 2 if getattr(setup, "train_rows", 0) < 50 else (12 if setup.quick else 40)
+    for streaming in (False, True):
+        for workers in (0, 1, 2):
+            config = parse_train_config(_our_flags(model, data, os.path.join(work, "pipeline"), setup, "no",
+                                                   dataloader_num_workers=workers,
+                                                   streaming=str(streaming).lower()))
+            processor = load_processor(model, "be", "transcribe")
+            train = build_train_batches(config, processor, accelerator)
+            next(train)  # worker start-up is not throughput
+            started = time.perf_counter()
+            clips = sum(len(next(train)["ids"]) for _ in range(batches))
+            rates[f"{'streaming (decode + log-mel)' if streaming else 'prepared (read features)'}, "
+                  f"{workers} workers"] = round(clips / (time.perf_counter() - started), 1)
+            del train
+    return rates
+
+
+def model_flops_utilization(model_dir: str, samples_per_second: float, data: str) -> float | None:
+    if not torch.cuda.is_available():
+        return None
+    from transformers import WhisperConfig
+
+    from .flops import peak_flops, train_flops_per_sample
+
+    peak = peak_flops(torch.cuda.get_device_name(0))
+    if peak is None:
+        return None
+    config = WhisperConfig.from_pretrained(model_dir)
+    return train_flops_per_sample(config, label_tokens=32) * samples_per_second / peak
+
+
+def print_table(results: dict[str, object], rows: list[tuple[str, str, str]]) -> None:
+    print(f"\nbenchmark on {results['device']} | model {results['model']} | precision {results['precision']} | "
+          f"train batch {results['batch_size']}")
+    width = max(len(r[0]) for r in rows)
+    print(f"{'measure':<{width}} | {'this project':>12} | Seq2SeqTrainer (event setup) / note")
+    print("-" * (width + 50))
+    for name, ours, theirs in rows:
+        print(f"{name:<{width}} | {ours:>12} | {theirs}")
+    print()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
