@@ -103,6 +103,16 @@ def test_hub_dataset_path_reads_audio_bytes_without_torchcodec(tmp_path, process
     example = featurizer_for(processor, DataConfig(), "belarusian")(first["id"], first["audio"], first["text"])
     assert example["skip_reason"] == "" and example["duration"] == pytest.approx(1.0, abs=0.01)
     assert has_split(source, "test") and not has_split(source, "validation")
+    if streaming:  # the resumable reader: every shard from any row on, or up to a limit
+        from train_loop.streaming import RowShards
+
+        shards = RowShards(rows.rows)
+        texts = [row["text"] for shard in range(shards.num_shards) for row in shards.read(shard, 0)]
+        assert texts == SENTENCES[:3]
+        if shards.num_shards == 1:  # one parquet file per split here
+            assert [row["text"] for row in shards.read(0, 1)] == texts[1:]
+        limited = RowShards(rows.rows, limit=2)
+        assert [row["text"] for row in limited.read(0, 0)] == SENTENCES[:2]
     with pytest.raises(UserError, match=r"has no column 'transcript' \(columns: audio, sentence, client_id\); "
                                         r"pass --text_column_name"):
         load_rows(SourceConfig(dataset_name=str(root), text_column_name="transcript"), "train", streaming)

@@ -91,7 +91,7 @@ def run(config: TrainConfig, argv: list[str]) -> None:
     eval_set = None
     if config.data.eval_split_name.lower() != "none":
         eval_set = build_eval_set(config, processor, accelerator, config.data.eval_split_name,
-                                  config.data.max_eval_samples)
+                                  config.data.max_eval_samples, streaming=eval_streaming(config, accelerator))
         if eval_set.report is not None:
             logger.info(eval_set.report.summary())
 
@@ -213,7 +213,8 @@ def finish(run: Run) -> None:
     test_split = cfg.data.test_split_name
     if test_split.lower() != "none":
         if has_split(cfg.source, test_split):
-            test_set = build_eval_set(cfg, run.processor, accelerator, test_split, max_samples=None)
+            test_set = build_eval_set(cfg, run.processor, accelerator, test_split, max_samples=None,
+                                      streaming=eval_streaming(cfg, accelerator))
             if test_set.report is not None:
                 logger.info(test_set.report.summary())
             run_evaluation(run, test_set, prefix="test")
@@ -224,6 +225,13 @@ def finish(run: Run) -> None:
         write_results(output_dir, state, cfg)
         if state.evaluations:
             logger.info(format_wer_table(state.evaluations, cfg.eval.eval_normalizer, state.best_step))
+
+
+def eval_streaming(config: TrainConfig, accelerator) -> bool:
+    """Evaluation under ZeRO-3 reads prepared data even with --streaming: every process must
+    call generate the same number of times, which only a split of known size can promise
+    (a stream may give one process a batch more than another, and then generation hangs)."""
+    return config.source.streaming and zero_stage(accelerator) != 3
 
 
 def load_weights(model, checkpoint_dir: str) -> None:
