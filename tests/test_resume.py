@@ -6,7 +6,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -163,17 +162,14 @@ def _spawn(args, script=None):
                             text=True)
 
 
-def _wait_for_step(out, step, process, timeout=120):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"training exited early: {process.stdout.read()}")
-        path = out / "metrics.jsonl"
-        if path.exists() and any(json.loads(line).get("step", 0) >= step
-                                 for line in path.read_text().splitlines() if line.strip()):
-            return
-        time.sleep(0.05)
-    raise AssertionError("training did not reach the step in time")
+def _wait_for_step(process, step):
+    """Read the run's console (flushed line by line, even into a pipe) until ``step`` is logged."""
+    seen = []
+    for line in process.stdout:
+        seen.append(line)
+        if line.startswith("step ") and int(line.split()[1].split("/")[0]) >= step:
+            return "".join(seen)
+    raise AssertionError(f"training exited before step {step}: {''.join(seen[-20:])}")
 
 
 def _steps_logged(out):
@@ -187,7 +183,7 @@ KILL_RUN = dict(max_steps=400, save_steps=2, eval_split_name="none", test_split_
 def test_sigkill_during_training_resumes_from_the_newest_checkpoint(tiny_model_dir, resume_data, tmp_path):
     out = tmp_path / "run"
     process = _spawn(train_args(tiny_model_dir, resume_data, out, tmp_path / "c", **KILL_RUN))
-    _wait_for_step(out, 5, process)
+    _wait_for_step(process, 5)
     process.send_signal(signal.SIGKILL)
     process.wait()
     resumed = subprocess.run(
@@ -220,9 +216,10 @@ def test_sigterm_finishes_the_step_saves_and_exits_cleanly(tiny_model_dir, resum
     out = tmp_path / "run"
     args = train_args(tiny_model_dir, resume_data, out, tmp_path / "c", **{**KILL_RUN, "save_steps": 0})
     process = _spawn(args)
-    _wait_for_step(out, 3, process)
+    before = _wait_for_step(process, 3)
     process.send_signal(signal.SIGTERM)
     output, _ = process.communicate(timeout=120)
+    output = before + output
     assert process.returncode == 0, output
     assert "SIGTERM received: finishing this step, then writing a checkpoint" in output
     steps = _steps_logged(out)
