@@ -51,6 +51,14 @@ def uninterrupted(tiny_model_dir, resume_data, tmp_path_factory):
     return runs
 
 
+def copy_checkpoints(run_dir, into, *names):
+    """A new output folder holding only ``names`` of ``run_dir``'s checkpoints."""
+    into.mkdir()
+    for name in names:
+        shutil.copytree(run_dir / name, into / name)
+    return into
+
+
 def _args(model, data, out, mode, **extra):
     streaming = {"streaming": "true", "dataloader_num_workers": 2, "shuffle_buffer_size": 4} \
         if mode == "streaming" else {}
@@ -61,10 +69,7 @@ def _args(model, data, out, mode, **extra):
 @pytest.mark.parametrize("stop", [3, 4])  # 3: one batch before the epoch ends; 4: across it
 def test_resumed_run_equals_uninterrupted(tiny_model_dir, resume_data, uninterrupted, tmp_path, mode, stop):
     full = uninterrupted[mode]
-    resumed = tmp_path / "resumed"
-    resumed.mkdir()
-    for name in ("checkpoint-2", f"checkpoint-{stop}"):
-        shutil.copytree(full / name, resumed / name)
+    resumed = copy_checkpoints(full, tmp_path / "resumed", "checkpoint-2", f"checkpoint-{stop}")
     assert train_main.main(_args(tiny_model_dir, resume_data, resumed, mode, save_total_limit=2,
                                  resume_from=f"checkpoint-{stop}")) == 0
 
@@ -100,9 +105,7 @@ def test_rotation_with_limit_1_keeps_the_best_and_the_newest(tmp_path):
 def test_extending_max_steps_continues_the_learning_rate_without_a_jump(
         tiny_model_dir, resume_data, uninterrupted, tmp_path, capsys):
     full = uninterrupted["prepared"]
-    longer = tmp_path / "longer"
-    longer.mkdir()
-    shutil.copytree(full / "checkpoint-8", longer / "checkpoint-8")
+    longer = copy_checkpoints(full, tmp_path / "longer", "checkpoint-8")
     assert train_main.main(_args(tiny_model_dir, resume_data, longer, "prepared", max_steps=12,
                                  resume_from="latest")) == 0
     out = capsys.readouterr().out
@@ -115,9 +118,7 @@ def test_extending_max_steps_continues_the_learning_rate_without_a_jump(
 def test_changed_layout_is_named_and_a_changed_stream_layout_is_an_error(
         tiny_model_dir, resume_data, uninterrupted, tmp_path, capsys):
     full = uninterrupted["prepared"]
-    other = tmp_path / "other"
-    other.mkdir()
-    shutil.copytree(full / "checkpoint-4", other / "checkpoint-4")
+    other = copy_checkpoints(full, tmp_path / "other", "checkpoint-4")
     assert train_main.main(_args(tiny_model_dir, resume_data, other, "prepared", resume_from="latest",
                                  per_device_train_batch_size=4, gradient_accumulation_steps=1)) == 0
     out = capsys.readouterr().out
@@ -125,9 +126,7 @@ def test_changed_layout_is_named_and_a_changed_stream_layout_is_an_error(
             "--gradient_accumulation_steps 2 -> 1") in out
     assert "data position converted: 2 clips of epoch 1 were used, which is 0 batches of 4" in out
 
-    stream = tmp_path / "stream"
-    stream.mkdir()
-    shutil.copytree(uninterrupted["streaming"] / "checkpoint-4", stream / "checkpoint-4")
+    stream = copy_checkpoints(uninterrupted["streaming"], tmp_path / "stream", "checkpoint-4")
     code = train_main.main(_args(tiny_model_dir, resume_data, stream, "streaming", resume_from="latest",
                                  dataloader_num_workers=1))
     err = capsys.readouterr().err
