@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import os
+import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -117,3 +119,31 @@ def write_bad_rows(root):
         writer.writerow(["file_name", "sentence"])
         writer.writerows(rows)
     return root
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def launch_command(config_file: str, args: list[str], processes: int = 2, script: str = "train_loop/main.py",
+                   launcher_flags: tuple[str, ...] = ()) -> tuple[list[str], dict[str, str]]:
+    """``accelerate launch`` with one of the project's config files, as a user would run it on CPU."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
+    if "deepspeed" not in config_file:
+        env["ACCELERATE_USE_CPU"] = "1"  # with --multi_gpu, what starts several CPU processes
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ROOT / config_file),
+               "--num_processes", str(processes), *launcher_flags]
+    if "--main_process_port" not in launcher_flags:
+        command += ["--main_process_port", str(free_port())]
+    return command + [str(ROOT / script) if not os.path.isabs(script) else script, *args], env
+
+
+def launch(config_file: str, args: list[str], processes: int = 2, script: str = "train_loop/main.py",
+           expect_success: bool = True) -> subprocess.CompletedProcess:
+    command, env = launch_command(config_file, args, processes, script)
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    if expect_success:
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result

@@ -5,11 +5,7 @@ from launch/accelerate/, so those files are exercised as a user would use them.
 """
 
 import json
-import os
 import shutil
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,7 +17,7 @@ from train_loop import main as train_main
 from train_loop.config import parse_train_config
 from train_loop.distributed import fill_deepspeed_config
 from train_loop.errors import UserError
-from conftest import ROOT, SENTENCES, train_args, write_audiofolder
+from conftest import ROOT, SENTENCES, launch, train_args, write_audiofolder
 
 # Transcripts of different lengths, so a wrong loss normalization would show.
 TRAIN = [f"{SENTENCES[i % len(SENTENCES)]} {'слова ' * (i % 4)}{i}" for i in range(12)]
@@ -43,24 +39,6 @@ def single(tiny_model_dir, data, tmp_path_factory):
     flags = {**RUN, "per_device_train_batch_size": 4}
     assert train_main.main(train_args(tiny_model_dir, data, out, out / "cache", **flags)) == 0
     return out
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def launch(config_file: str, args: list[str], processes: int = 2) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", config_file,
-               "--num_processes", str(processes), "--main_process_port", str(_free_port())]
-    if "deepspeed" not in config_file:
-        env["ACCELERATE_USE_CPU"] = "1"  # with --multi_gpu, what starts several CPU processes
-    command += ["train_loop/main.py", *args]
-    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result
 
 
 def records(out, key):
@@ -98,27 +76,26 @@ def test_two_processes_equal_one_process_with_the_global_batch(tiny_model_dir, d
 
 
 @pytest.mark.parametrize("stage", ["zero2", "zero3"])
-def test_deepspeed_trains_evaluates_saves_and_resumes(tiny_model_dir, data, single, tmp_path, stage):
-    config = f"launch/accelerate/deepspeed_{stage}.yaml"
+def test_deepspeed_gives_the_numbers_of_one_process(tiny_model_dir, data, single, tmp_path, stage):
     out = tmp_path / stage
-    launch(config, train_args(tiny_model_dir, data, out, tmp_path / "cache", **RUN))
+    launch(f"launch/accelerate/deepspeed_{stage}.yaml",
+           train_args(tiny_model_dir, data, out, tmp_path / "cache", **RUN))
     # Same losses, WER and (consolidated, from_pretrained-loadable) weights as one process.
+    # (Resuming under DeepSpeed is tested in test_precision.py, in bf16.)
     assert_same_numbers(out, single, exact_weights_atol=1e-5)
     from transformers import WhisperForConditionalGeneration
 
     WhisperForConditionalGeneration.from_pretrained(out / "checkpoint-2")
 
-    resumed = tmp_path / f"{stage}-resumed"
-    resumed.mkdir()
-    shutil.copytree(out / "checkpoint-2", resumed / "checkpoint-2")
-    launch(config, train_args(tiny_model_dir, data, resumed, tmp_path / "cache", **RUN,
-                              resume_from="checkpoint-2"))
-    after = [r for r in records(out, "loss") if r["step"] > 2]
-    assert [(r["step"], r["loss"], r["learning_rate"]) for r in records(resumed, "loss")] == \
-        [(r["step"], r["loss"], r["learning_rate"]) for r in after]
-    final, again = load_file(out / "model.safetensors"), load_file(resumed / "model.safetensors")
-    for name, tensor in final.items():
-        assert torch.equal(tensor, again[name]), name
+
+def test_zero2_with_accumulation_equals_one_process_with_the_global_batch(tiny_model_dir, data, single, tmp_path):
+    """2 processes x batch 1 x 2 accumulation steps under ZeRO-2 = 1 process x batch 4: DeepSpeed
+    accumulates and averages itself, and the loss is still normalized by the whole step's tokens."""
+    out = tmp_path / "zero2-accumulation"
+    launch("launch/accelerate/deepspeed_zero2.yaml",
+           train_args(tiny_model_dir, data, out, tmp_path / "cache",
+                      **{**RUN, "per_device_train_batch_size": 1, "gradient_accumulation_steps": 2}))
+    assert_same_numbers(out, single, exact_weights_atol=1e-5)
 
 
 # --------------------------------------------------------------------------------------------
@@ -181,7 +158,8 @@ def test_deepspeed_configs_fill_every_auto_from_the_flags(path):
     assert left <= {"reduce_bucket_size", "stage3_prefetch_bucket_size", "stage3_param_persistence_threshold"}
     if "offload" in path.name:
         assert ds["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
-        assert ds["zero_force_ds_cpu_optimizer"] is False  # the project's torch AdamW runs there
+        # DeepSpeed's CPU Adam runs there for --optim adamw*; not forcing it keeps adafactor possible.
+        assert ds["zero_force_ds_cpu_optimizer"] is False
 
 
 def test_deepspeed_config_that_disagrees_with_a_flag_is_an_error():
@@ -226,3 +204,103 @@ def test_memory_options_train_and_8bit_is_a_clear_error_on_cpu(tiny_model_dir, d
                                       optim="adamw_8bit"))
     assert code == 2
     assert "--optim adamw_8bit needs a CUDA GPU" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------
+# Several nodes (two `accelerate launch` commands on this machine, one process each)
+# --------------------------------------------------------------------------------------------
+
+
+def _two_nodes(tiny_model_dir, data, cwds, output_dir, tmp_path):
+    """Start "node" 0 and 1 from their own working directories; a relative path then stands
+    for a disk of that node's own, an absolute one for a shared file system."""
+    import subprocess
+
+    from conftest import free_port, launch_command
+
+    port = str(free_port())
+    args = train_args(tiny_model_dir, data, output_dir, "cache", **{**RUN, "max_steps": 2})
+    processes = []
+    for rank, cwd in enumerate(cwds):
+        command, env = launch_command("launch/accelerate/multi_node.yaml", args, processes=2, launcher_flags=(
+            "--num_machines", "2", "--machine_rank", str(rank), "--main_process_ip", "127.0.0.1",
+            "--main_process_port", port))
+        processes.append(subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE,
+                                          stderr=subprocess.STDOUT, text=True))
+    return [(p.communicate(timeout=600)[0], p.returncode) for p in processes]
+
+
+def test_two_nodes_prepare_their_own_caches_and_share_the_output_dir(tiny_model_dir, data, tmp_path):
+    nodes = [tmp_path / "node0", tmp_path / "node1"]
+    for node in nodes:
+        node.mkdir()
+    shared = tmp_path / "shared" / "run"
+    results = _two_nodes(tiny_model_dir, data, nodes, shared, tmp_path)
+    assert [code for _, code in results] == [0, 0], results[0][0][-3000:] + results[1][0][-3000:]
+    # Each node prepared the features into its own (relative, node-local) cache.
+    for node in nodes:
+        assert len(list((node / "cache" / "prepared").iterdir())) == 2  # train and validation
+    # The completed checkpoint holds the files of both processes.
+    for name in ("data_state_0.pt", "data_state_1.pt", "random_states_0.pkl", "random_states_1.pkl"):
+        assert (shared / "checkpoint-2" / name).is_file(), name
+
+
+def test_an_output_dir_that_another_node_cannot_see_is_a_clear_error(tiny_model_dir, data, tmp_path):
+    nodes = [tmp_path / "node0", tmp_path / "node1"]
+    for node in nodes:
+        node.mkdir()
+    results = _two_nodes(tiny_model_dir, data, nodes, "runs/x", tmp_path)  # relative: not shared
+    for output, code in results:
+        assert code != 0
+        assert ("error: --output_dir runs/x: process 1 on" in output and
+                "cannot see the files the main process writes there. Every node must see the same "
+                "output_dir" in output), output[-3000:]
+    assert not (nodes[0] / "runs" / "x" / "checkpoint-1").exists()  # stopped before training
+
+
+class _FakeProcess:
+    """What once_per_node reads of an Accelerator, for one of 4 threads = 2 nodes x 2 processes."""
+
+    def __init__(self, rank, barrier):
+        self.is_main_process, self.is_local_main_process = rank == 0, rank % 2 == 0
+        self.barrier = barrier
+
+    def wait_for_everyone(self):
+        self.barrier.wait(timeout=10)
+
+
+def test_caches_are_prepared_by_the_main_process_then_each_nodes_first_then_the_rest():
+    import threading
+
+    from train_loop.distributed import once_per_node
+
+    barrier, order, lock = threading.Barrier(4), [], threading.Lock()
+
+    def process(rank):
+        def prepare():
+            with lock:
+                order.append(rank)
+            return rank
+
+        assert once_per_node(_FakeProcess(rank, barrier), prepare) == rank
+
+    threads = [threading.Thread(target=process, args=(rank,)) for rank in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert order[0] == 0 and order[1] == 2 and sorted(order[2:]) == [1, 3]
+
+
+def test_cpu_adam_that_cannot_be_built_is_a_clear_error(monkeypatch):
+    import deepspeed.ops.adam
+
+    from train_loop.optim import build_optimizer
+
+    def cannot_build(*args, **kwargs):
+        raise RuntimeError("Error building extension 'cpu_adam'")
+
+    monkeypatch.setattr(deepspeed.ops.adam, "DeepSpeedCPUAdam", cannot_build)
+    with pytest.raises(UserError, match=r"DeepSpeed's CPU Adam could not be built \(Error building extension "
+                                        r"'cpu_adam'\)\. Install a C\+\+ compiler and the Python headers"):
+        build_optimizer(torch.nn.Linear(2, 2), _training(), offloaded=True)

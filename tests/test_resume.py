@@ -42,11 +42,20 @@ def weights(path):
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tiny_model_dir, resume_data, tmp_path_factory):
+def dropout_model_dir(tmp_path_factory):
+    """The tiny model with dropout, so that a resume must also continue the random stream."""
+    from train_loop.model import build_tiny_whisper
+
+    path = tmp_path_factory.mktemp("tiny-dropout")
+    return build_tiny_whisper(str(path), chunk_length=2, d_model=32, layers=1, heads=2, dropout=0.1)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(dropout_model_dir, resume_data, tmp_path_factory):
     runs = {}
     for mode in ("prepared", "streaming"):
         out = tmp_path_factory.mktemp(f"full-{mode}")
-        assert train_main.main(_args(tiny_model_dir, resume_data, out, mode)) == 0
+        assert train_main.main(_args(dropout_model_dir, resume_data, out, mode)) == 0
         runs[mode] = out
     return runs
 
@@ -67,10 +76,10 @@ def _args(model, data, out, mode, **extra):
 
 @pytest.mark.parametrize("mode", ["prepared", "streaming"])
 @pytest.mark.parametrize("stop", [3, 4])  # 3: one batch before the epoch ends; 4: across it
-def test_resumed_run_equals_uninterrupted(tiny_model_dir, resume_data, uninterrupted, tmp_path, mode, stop):
+def test_resumed_run_equals_uninterrupted(dropout_model_dir, resume_data, uninterrupted, tmp_path, mode, stop):
     full = uninterrupted[mode]
     resumed = copy_checkpoints(full, tmp_path / "resumed", "checkpoint-2", f"checkpoint-{stop}")
-    assert train_main.main(_args(tiny_model_dir, resume_data, resumed, mode, save_total_limit=2,
+    assert train_main.main(_args(dropout_model_dir, resume_data, resumed, mode, save_total_limit=2,
                                  resume_from=f"checkpoint-{stop}")) == 0
 
     expected = [r for r in records(full) if r["step"] > stop]
@@ -103,10 +112,10 @@ def test_rotation_with_limit_1_keeps_the_best_and_the_newest(tmp_path):
 
 
 def test_extending_max_steps_continues_the_learning_rate_without_a_jump(
-        tiny_model_dir, resume_data, uninterrupted, tmp_path, capsys):
+        dropout_model_dir, resume_data, uninterrupted, tmp_path, capsys):
     full = uninterrupted["prepared"]
     longer = copy_checkpoints(full, tmp_path / "longer", "checkpoint-8")
-    assert train_main.main(_args(tiny_model_dir, resume_data, longer, "prepared", max_steps=12,
+    assert train_main.main(_args(dropout_model_dir, resume_data, longer, "prepared", max_steps=12,
                                  resume_from="latest")) == 0
     out = capsys.readouterr().out
     assert "--max_steps changed from 8 to 12: the rate continues from" in out
@@ -116,10 +125,10 @@ def test_extending_max_steps_continues_the_learning_rate_without_a_jump(
 
 
 def test_changed_layout_is_named_and_a_changed_stream_layout_is_an_error(
-        tiny_model_dir, resume_data, uninterrupted, tmp_path, capsys):
+        dropout_model_dir, resume_data, uninterrupted, tmp_path, capsys):
     full = uninterrupted["prepared"]
     other = copy_checkpoints(full, tmp_path / "other", "checkpoint-4")
-    assert train_main.main(_args(tiny_model_dir, resume_data, other, "prepared", resume_from="latest",
+    assert train_main.main(_args(dropout_model_dir, resume_data, other, "prepared", resume_from="latest",
                                  per_device_train_batch_size=4, gradient_accumulation_steps=1)) == 0
     out = capsys.readouterr().out
     assert ("not an exact continuation, the layout changed: --per_device_train_batch_size 2 -> 4; "
@@ -127,12 +136,12 @@ def test_changed_layout_is_named_and_a_changed_stream_layout_is_an_error(
     assert "data position converted: 2 clips of epoch 1 were used, which is 0 batches of 4" in out
 
     stream = copy_checkpoints(uninterrupted["streaming"], tmp_path / "stream", "checkpoint-4")
-    code = train_main.main(_args(tiny_model_dir, resume_data, stream, "streaming", resume_from="latest",
+    code = train_main.main(_args(dropout_model_dir, resume_data, stream, "streaming", resume_from="latest",
                                  dataloader_num_workers=1))
     err = capsys.readouterr().err
     assert code == 2
     assert "cannot continue the checkpoint's data position" in err and "--reset_data_position" in err
-    assert train_main.main(_args(tiny_model_dir, resume_data, stream, "streaming", resume_from="latest",
+    assert train_main.main(_args(dropout_model_dir, resume_data, stream, "streaming", resume_from="latest",
                                  dataloader_num_workers=1, reset_data_position="true")) == 0
 
 

@@ -45,6 +45,7 @@ class TrainerState:
     epoch: int = 0  # data position: the epoch being read ...
     batches_in_epoch: int = 0  # ... and how many of its micro-batches this process consumed
     samples_seen: int = 0  # over all processes
+    skipped_steps: int = 0  # steps whose update the fp16 loss scaler skipped (counted in step)
     train_seconds: float = 0.0  # time in training steps (evaluation and saving excluded)
     best_metric: float | None = None
     best_step: int | None = None
@@ -125,13 +126,32 @@ def resolve_resume(output_dir: str, resume_from: str) -> str:
 
 
 DATA_STATE = "data_state_{rank}.pt"
+RNG_STATE = "random_states_{rank}.pkl"  # written by accelerate's save_state
+
+
+def save_model_folder(model, folder: str, weights: dict[str, Any], dtype: str = "float32") -> None:
+    """``save_pretrained`` with ``weights`` cast to ``dtype``, and a config.json that says so.
+
+    transformers records the dtype of the *module* in config.json, and ``from_pretrained``
+    loads in that dtype by default; under DeepSpeed bf16 the module is bf16 while the weights
+    saved here are the float32 masters, so the recorded dtype is corrected after the save."""
+    import torch
+
+    target = getattr(torch, dtype)
+    weights = {name: (tensor.to(target) if tensor.is_floating_point() else tensor)
+               for name, tensor in weights.items()}
+    model.save_pretrained(folder, state_dict=weights)
+    model.config.dtype = dtype
+    model.config.save_pretrained(folder)
 
 
 def save_checkpoint(accelerator, output_dir: str, state: TrainerState, model, processor,
                     run_config: dict[str, Any], manifest: dict[str, Any],
-                    data_state: dict[str, Any]) -> str:
+                    data_state: dict[str, Any], frozen_fp32: dict[str, Any] | None = None) -> str:
     """Write ``checkpoint-<step>`` atomically; every process must call this."""
     import torch
+
+    from .distributed import full_precision_state_dict, uses_deepspeed
 
     name = f"{PREFIX}{state.step}"
     final = os.path.join(output_dir, name)
@@ -142,19 +162,28 @@ def save_checkpoint(accelerator, output_dir: str, state: TrainerState, model, pr
     accelerator.save_state(partial, safe_serialization=True)
     torch.save(data_state, os.path.join(partial, DATA_STATE.format(rank=accelerator.process_index)))
     consolidated = None
-    if getattr(accelerator.state, "deepspeed_plugin", None) is not None:
-        # DeepSpeed saved its shards; add whole weights so the checkpoint loads with from_pretrained.
-        consolidated = accelerator.get_state_dict(model)  # every process takes part under ZeRO-3
+    if uses_deepspeed(accelerator):
+        # DeepSpeed saved its shards; add whole float32 weights so the checkpoint loads with
+        # from_pretrained (every process takes part in gathering them).
+        consolidated = full_precision_state_dict(accelerator, model, frozen_fp32 or {})
     accelerator.wait_for_everyone()  # every process has written its RNG and data state (and shards)
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(model)
         if consolidated is not None:
-            unwrapped.save_pretrained(partial, state_dict=consolidated)
-        unwrapped.config.save_pretrained(partial)
+            save_model_folder(unwrapped, partial, consolidated)
+        else:
+            unwrapped.config.save_pretrained(partial)
         unwrapped.generation_config.save_pretrained(partial)
         processor.save_pretrained(partial)
         _write_json(os.path.join(partial, "run_config.json"), run_config)
         _write_json(os.path.join(partial, "manifest.json"), manifest)
+        missing = [name for rank in range(accelerator.num_processes)
+                   for name in (DATA_STATE.format(rank=rank), RNG_STATE.format(rank=rank))
+                   if not os.path.isfile(os.path.join(partial, name))]
+        if missing:
+            raise UserError(f"{partial}: files written by other processes are missing "
+                            f"({', '.join(missing[:4])}); every node must write into the same "
+                            "output_dir (a shared file system)")
         # The state goes last: its presence is what marks the folder as complete.
         _write_text(os.path.join(partial, STATE_FILE), state.to_json())
         if os.path.exists(final):  # re-saving a step (after a resume): replace it whole

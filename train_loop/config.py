@@ -186,6 +186,10 @@ class CheckpointConfig:
     greater_is_better: bool = flag(False, "Whether a larger --metric_for_best_model is better.")
     load_best_model_at_end: bool = flag(
         False, "Save the best checkpoint's weights (not the last) as the final model.")
+    save_dtype: str = flag(
+        "float32", "Weights of the final model in output_dir: float32 (the full-precision master "
+        "weights, also after bf16/fp16 training) or bfloat16/float16 (half the size, e.g. for an "
+        "upload). Checkpoints always hold float32.", ("float32", "bfloat16", "float16"))
     reset_data_position: bool = flag(
         False, "On resume, keep weights, optimizer and step but start the training data at a "
         "fresh epoch (when the data or the stream's readers changed and the saved position "

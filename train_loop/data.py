@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader
 
 from .collator import SpeechCollator
 from .config import default_cache_dir
+from .distributed import once_per_node
 from .features import SKIP_UNREADABLE, Featurizer, Filters, SkipReport
 from .errors import UserError
 from .sources import RowSource, content_hash, load_rows
@@ -207,7 +208,11 @@ def make_loader(dataset, collator: SpeechCollator | None, num_workers: int, pin_
     dataset in its workers). A stream gets torchdata's StatefulDataLoader, which hands back,
     with every batch, the state of the worker that made it: so a checkpoint can record the
     position of the batches *trained on*, not of those prefetched."""
-    kwargs: dict[str, Any] = dict(num_workers=num_workers, pin_memory=pin_memory)
+    # Its own generator: a DataLoader draws a seed for its workers from the global torch RNG at
+    # every new iterator, and a resumed run starts one at another moment than the original did;
+    # the dropout stream that shares the global RNG would then be shifted after every resume.
+    kwargs: dict[str, Any] = dict(num_workers=num_workers, pin_memory=pin_memory,
+                                  generator=torch.Generator().manual_seed(0))
     if num_workers > 0:
         kwargs["prefetch_factor"] = 4
     if batch_sampler is not None:
@@ -423,10 +428,9 @@ def build_train_batches(config, processor, accelerator) -> TrainBatches:
             rows_key = content_hash(rows.name, data.max_train_samples)
         return TrainBatches(loader, None, stream, SkipReport(split=data.train_split_name),
                             rows.num_rows, rows.fingerprint, rows_key)
-    with accelerator.main_process_first():  # one process prepares, the others read the cache
-        prepared = prepare_split(rows, featurizer, filters, cache_root(src), src.preprocessing_num_workers,
-                                 cache_key(processor, data, config.eval.eval_normalizer),
-                                 max_rows=data.max_train_samples)
+    prepared = once_per_node(accelerator, lambda: prepare_split(
+        rows, featurizer, filters, cache_root(src), src.preprocessing_num_workers,
+        cache_key(processor, data, config.eval.eval_normalizer), max_rows=data.max_train_samples))
     if len(prepared) < batch_size * accelerator.num_processes:
         raise UserError(
             f"{rows.name}: only {len(prepared)} usable training clips, fewer than one global batch "
@@ -458,11 +462,9 @@ def build_eval_set(config, processor, accelerator, split: str, max_samples: int 
         loader = make_loader(stream, None, loader_workers(data, True, accelerator), pin)
         per_process = math.ceil(known / accelerator.num_processes) if known else None
         return EvalSet(split, loader, True, None, known, per_process)
-    with accelerator.main_process_first():
-        prepared = prepare_split(rows, featurizer, eval_filters(processor), cache_root(src),
-                                 src.preprocessing_num_workers,
-                                 cache_key(processor, data, config.eval.eval_normalizer),
-                                 max_rows=max_samples)
+    prepared = once_per_node(accelerator, lambda: prepare_split(
+        rows, featurizer, eval_filters(processor), cache_root(src), src.preprocessing_num_workers,
+        cache_key(processor, data, config.eval.eval_normalizer), max_rows=max_samples))
     if len(prepared) == 0:
         raise UserError(f"{rows.name}: no usable evaluation clips ({prepared.report.summary()})")
     batches = eval_batches(prepared.durations(), batch_size, accelerator.num_processes,

@@ -66,6 +66,7 @@ def evaluate_model(options: EvaluateConfig, source: SourceConfig) -> dict:
     from accelerate import Accelerator
 
     from .data import build_eval_set
+    from .distributed import reset_accelerator_settings
     from .evaluation import GenerationSettings, evaluate
     from .model import load_model, load_processor
     from .report import format_wer_table
@@ -84,6 +85,7 @@ def evaluate_model(options: EvaluateConfig, source: SourceConfig) -> dict:
         eval=EvalConfig(per_device_eval_batch_size=options.per_device_eval_batch_size,
                         generation_max_length=options.generation_max_length, num_beams=options.num_beams,
                         eval_normalizer=options.eval_normalizer))
+    reset_accelerator_settings()
     accelerator = Accelerator(mixed_precision=options.mixed_precision, cpu=not torch.cuda.is_available())
     processor = load_processor(options.model, options.language, options.task)
     model = accelerator.prepare(load_model(config.model, processor))

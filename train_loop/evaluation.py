@@ -18,6 +18,7 @@ import torch
 from accelerate.utils import gather_object
 
 from .data import EvalSet, is_empty_batch
+from .distributed import model_input_dtype
 from .features import SkipReport
 from .logger import progress_bar
 from .metrics import error_rates, utterance_errors
@@ -52,6 +53,7 @@ def transcribe(model, eval_set: EvalSet, tokenizer, settings: GenerationSettings
     bar = progress_bar(eval_set.clips_for_process, f"eval {eval_set.split}",
                        enabled=show_progress and accelerator.is_main_process, unit="clip")
     kwargs = settings.generate_kwargs()
+    input_dtype = model_input_dtype(accelerator)
     if synced_gpus:
         kwargs["synced_gpus"] = True
     try:
@@ -60,7 +62,7 @@ def transcribe(model, eval_set: EvalSet, tokenizer, settings: GenerationSettings
                 stream_report.merge(batch["skipped"])
             if is_empty_batch(batch):
                 continue
-            features = batch["input_features"].to(accelerator.device, non_blocking=True)
+            features = batch["input_features"].to(accelerator.device, input_dtype, non_blocking=True)
             with torch.no_grad(), accelerator.autocast():
                 tokens = unwrapped.generate(input_features=features, **kwargs)
             texts = tokenizer.batch_decode(tokens, skip_special_tokens=True)

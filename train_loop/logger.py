@@ -82,6 +82,13 @@ def format_duration(seconds: float) -> str:
     return f"{days}d {text}" if days else text
 
 
+def finite_or_none(value: Any) -> Any:
+    """NaN and infinity are not JSON (``json.dumps`` would write the bare token NaN): null instead."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
 def _step_of(line: str) -> int | None:
     try:
         return int(json.loads(line)["step"])
@@ -126,8 +133,9 @@ class RunLogger:
             self.accelerator.log(numeric, step=step)
         if not self.is_main:
             return
-        record = {"step": step, **values, "time": round(time.time(), 3)}
-        self._metrics.write(json.dumps(record, ensure_ascii=False) + "\n")
+        record = {"step": step, **{k: finite_or_none(v) for k, v in values.items()},
+                  "time": round(time.time(), 3)}
+        self._metrics.write(json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n")
         self._metrics.flush()
 
     def samples(self, step: int, ids: list[str]) -> None:

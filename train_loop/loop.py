@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
@@ -24,6 +24,7 @@ from .collator import IGNORE_INDEX
 from .config import TrainConfig
 from .data import EvalSet, TrainBatches
 from .features import SkipReport
+from .distributed import fp16_scale, loss_scale, update_was_skipped
 from .evaluation import GenerationSettings, evaluate
 from .logger import RunLogger, format_duration, progress_bar
 from .schedule import LRSchedule
@@ -48,10 +49,17 @@ class Run:
     state: TrainerState
     manifest: dict[str, Any]
     synced_gpus: bool = False  # generation under ZeRO-3 must step all processes together
+    input_dtype: torch.dtype = torch.float32  # of the features (16-bit under DeepSpeed bf16/fp16)
+    frozen_fp32: dict[str, torch.Tensor] = field(default_factory=dict)  # see frozen_weights_fp32
     stop_requested: Callable[[], bool] = lambda: False
     start_step: int = 0  # where this process started (after a resume), for the ETA
     seconds_this_run: float = 0.0  # training time since start_step
     reported_skips: int = 0  # streaming: skipped rows already reported
+    skipped_steps: torch.Tensor | None = None  # fp16 updates skipped, counted on the device
+
+    def __post_init__(self):
+        if self.skipped_steps is None:
+            self.skipped_steps = torch.tensor(self.state.skipped_steps, device=self.accelerator.device)
 
 
 def train(run: Run) -> bool:
@@ -68,9 +76,10 @@ def train(run: Run) -> bool:
     while state.step < max_steps:
         micro_batches = [next(run.train_batches) for _ in range(accumulation)]
         learning_rate = run.optimizer.param_groups[0]["lr"]
-        loss_sum, tokens, grad_norm = optimizer_step(run, micro_batches)
+        loss_sum, tokens, grad_norm, skipped = optimizer_step(run, micro_batches)
 
         state.step += 1
+        run.skipped_steps += skipped  # on the device: read when logging and saving
         state.epoch, state.batches_in_epoch = run.train_batches.epoch, run.train_batches.batches_done
         samples = sum(len(batch["ids"]) for batch in micro_batches) * accelerator.num_processes
         state.samples_seen += samples
@@ -126,22 +135,27 @@ def optimizer_step(run: Run, micro_batches: list[dict[str, Any]]):
     loss_sum = torch.zeros((), device=accelerator.device)
     for batch in micro_batches:
         with accelerator.accumulate(model):
-            batch_loss = token_loss_sum(model, batch, accelerator.device)
+            batch_loss = token_loss_sum(model, batch, accelerator.device, run.input_dtype)
             accelerator.backward(batch_loss * scale)
         loss_sum += batch_loss.detach()
     max_norm = run.config.training.max_grad_norm or math.inf  # 0: report the norm, do not clip
     grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_norm)
+    scale_before = fp16_scale(accelerator)
     run.optimizer.step()
+    # fp16: the loss scaler skips the update when a gradient overflowed (and lowers its scale).
+    # The step still counts: its batch was consumed and the schedule moves on (see README).
+    skipped = update_was_skipped(accelerator, run.optimizer, scale_before)
     run.scheduler.step()
     run.optimizer.zero_grad(set_to_none=True)
-    return loss_sum, step_tokens, grad_norm
+    return loss_sum, step_tokens, grad_norm, skipped
 
 
-def token_loss_sum(model, batch: dict[str, Any], device: torch.device) -> torch.Tensor:
+def token_loss_sum(model, batch: dict[str, Any], device: torch.device,
+                   input_dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Summed cross-entropy over the label tokens of one micro-batch."""
     labels = batch["labels"].to(device, non_blocking=True)
     logits = model(
-        input_features=batch["input_features"].to(device, non_blocking=True),
+        input_features=batch["input_features"].to(device, input_dtype, non_blocking=True),
         decoder_input_ids=batch["decoder_input_ids"].to(device, non_blocking=True),
         use_cache=False,
     ).logits
@@ -203,6 +217,11 @@ def log_training(run: Run, window: LogWindow, learning_rate: float, grad_norm: t
         "elapsed_seconds": round(state.train_seconds, 1),
         "eta_seconds": round(eta, 1),
     }
+    scale = loss_scale(accelerator, run.optimizer)
+    state.skipped_steps = int(run.skipped_steps)
+    record["skipped_steps"] = state.skipped_steps
+    if scale is not None:
+        record["loss_scale"] = scale
     if torch.cuda.is_available():
         record["peak_memory_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
     run.logger.metrics(record, state.step)
@@ -211,6 +230,10 @@ def log_training(run: Run, window: LogWindow, learning_rate: float, grad_norm: t
             f"lr {learning_rate:.3e} | grad_norm {_num(record['grad_norm'])} | "
             f"{samples_per_second:.1f} samples/s | elapsed {format_duration(state.train_seconds)} | "
             f"eta {format_duration(eta)}")
+    if scale is not None or state.skipped_steps:
+        line += f" | skipped steps {state.skipped_steps}"
+    if scale is not None:
+        line += f" | loss scale {scale:g}"
     if "peak_memory_gb" in record:
         line += f" | peak_mem {record['peak_memory_gb']:.1f} GB"
     run.logger.info(line)
@@ -288,9 +311,11 @@ def track_best(run: Run, result: dict[str, Any]) -> bool:
 def save(run: Run) -> str:
     cfg, state, accelerator = run.config, run.state, run.accelerator
     state.skipped = dict(run.train_batches.report.skipped) if run.train_batches.stream else {}
+    state.skipped_steps = int(run.skipped_steps)
     started = time.perf_counter()
     path = save_checkpoint(accelerator, cfg.training.output_dir, state, run.model, run.processor,
-                           cfg.to_flat_dict(), run.manifest, run.train_batches.state_dict())
+                           cfg.to_flat_dict(), run.manifest, run.train_batches.state_dict(),
+                           run.frozen_fp32)
     if accelerator.is_main_process:
         protected = {state.best_checkpoint} if state.best_checkpoint else set()
         deleted = rotate_checkpoints(cfg.training.output_dir, cfg.checkpoint.save_total_limit, protected)

@@ -26,10 +26,13 @@ if __package__ in (None, ""):
 
 
 from train_loop.checkpoint import (STATE_FILE, TrainerState, incomplete_checkpoints, resolve_resume,
-                                   run_manifest)
+                                   run_manifest, save_model_folder)
 from train_loop.config import TrainConfig, parse_train_config
 from train_loop.data import build_eval_set, build_train_batches, steps_for_epochs
-from train_loop.distributed import (accelerator_kwargs, fill_deepspeed_config, load_whole_model,
+from train_loop.distributed import (accelerator_kwargs, check_precision_supported,
+                                    check_shared_output_dir, fill_deepspeed_config, frozen_weights_fp32,
+                                    full_precision_state_dict, load_whole_model, model_input_dtype,
+                                    optimizer_offloaded, reset_accelerator_settings, uses_deepspeed,
                                     zero_stage)
 from train_loop.errors import UserError
 from train_loop.evaluation import GenerationSettings
@@ -62,6 +65,8 @@ def run(config: TrainConfig, argv: list[str]) -> None:
 
     # 1. Processes, precision, trackers.
     accelerator = build_accelerator(config)
+    check_precision_supported(accelerator)
+    check_shared_output_dir(accelerator, output_dir)
     from accelerate.utils import set_seed
 
     set_seed(config.training.seed)
@@ -100,9 +105,16 @@ def run(config: TrainConfig, argv: list[str]) -> None:
     if max_steps <= 0:
         max_steps = steps_for_epochs(train_batches.batches_per_epoch, config.training.num_train_epochs,
                                      config.training.gradient_accumulation_steps)
-    optimizer = build_optimizer(model, config.training)
+    optimizer = build_optimizer(model, config.training, offloaded=optimizer_offloaded(accelerator))
     fill_deepspeed_config(accelerator, config.training)  # DeepSpeed's "auto" values from the flags
+    logger.info(f"optimizer {type(optimizer).__name__}"
+                + (" (DeepSpeed offload: states and step in CPU memory)" if optimizer_offloaded(accelerator) else ""))
+    frozen_fp32 = frozen_weights_fp32(model) if uses_deepspeed(accelerator) else {}
     model, optimizer = accelerator.prepare(model, optimizer)
+    # Every process draws its own dropout and SpecAugment masks (seed + process index): with one
+    # seed, all processes would mask alike. The data order has its own generators, seeded by
+    # --seed alone, so it does not depend on this (nor on the number of processes).
+    set_seed(config.training.seed, device_specific=True)
     schedule = LRSchedule(config.training.lr_scheduler_type, config.training.learning_rate,
                           config.training.warmup_steps, max_steps, config.training.min_learning_rate)
     scheduler = make_scheduler(optimizer, schedule)
@@ -130,7 +142,8 @@ def run(config: TrainConfig, argv: list[str]) -> None:
                        train_batches=train_batches, eval_set=eval_set,
                        normalizer=get_normalizer(config.eval.eval_normalizer),
                        generation=generation, logger=logger, state=state, manifest=manifest,
-                       start_step=state.step, synced_gpus=zero_stage(accelerator) == 3)
+                       start_step=state.step, synced_gpus=zero_stage(accelerator) == 3,
+                       input_dtype=model_input_dtype(accelerator), frozen_fp32=frozen_fp32)
     logger.info(f"training {max_steps} steps of {schedule.kind} schedule, peak lr {schedule.peak:g} "
                 f"at step {schedule.warmup_steps or 1}; global batch "
                 f"{config.training.per_device_train_batch_size * accelerator.num_processes * config.training.gradient_accumulation_steps}")
@@ -174,6 +187,7 @@ def build_accelerator(config: TrainConfig):
         num_steps=config.training.gradient_accumulation_steps,
         sync_with_dataloader=False)  # an optimizer step may span an epoch boundary
     tracking = config.training.report_to == "tensorboard"
+    reset_accelerator_settings()
     accelerator = Accelerator(
         mixed_precision=config.training.mixed_precision,
         gradient_accumulation_plugin=accumulation,
@@ -203,12 +217,13 @@ def finish(run: Run) -> None:
         logger.info(f"final model = best checkpoint {state.best_checkpoint} "
                     f"({cfg.checkpoint.metric_for_best_model} {state.best_metric:.3f})")
     model.config.use_cache = True  # generation speed for whoever loads the model
-    weights = accelerator.get_state_dict(run.model)  # every process: ZeRO-3 gathers the shards
+    weights = full_precision_state_dict(accelerator, run.model, run.frozen_fp32)  # every process takes part
     if accelerator.is_main_process:
-        model.save_pretrained(output_dir, state_dict=weights)
+        save_model_folder(model, output_dir, weights, cfg.checkpoint.save_dtype)
         run.processor.save_pretrained(output_dir)
     accelerator.wait_for_everyone()
-    logger.info(f"saved the final model to {output_dir} (from_pretrained / pipeline ready)")
+    logger.info(f"saved the final model to {output_dir} ({cfg.checkpoint.save_dtype} weights; "
+                "from_pretrained / pipeline ready)")
 
     test_split = cfg.data.test_split_name
     if test_split.lower() != "none":

@@ -89,7 +89,7 @@ def _load_hint(name_or_path: str, what: str, err: Exception) -> str:
 
 
 def build_tiny_whisper(output_dir: str, chunk_length: int = 10, d_model: int = 64,
-                       layers: int = 2, heads: int = 4, seed: int = 0) -> str:
+                       layers: int = 2, heads: int = 4, seed: int = 0, dropout: float = 0.0) -> str:
     """Save a randomly initialized tiny Whisper with the real multilingual tokenizer.
 
     ``chunk_length`` seconds of audio make ``chunk_length * 100`` log-mel frames and
@@ -112,7 +112,7 @@ def build_tiny_whisper(output_dir: str, chunk_length: int = 10, d_model: int = 6
         decoder_start_token_id=generation.decoder_start_token_id,
         pad_token_id=generation.pad_token_id, bos_token_id=generation.bos_token_id,
         eos_token_id=generation.eos_token_id, suppress_tokens=None, begin_suppress_tokens=None,
-        apply_spec_augment=False)
+        apply_spec_augment=False, dropout=dropout)
     torch.manual_seed(seed)
     model = WhisperForConditionalGeneration(config)
     model.generation_config = generation

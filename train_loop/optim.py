@@ -19,9 +19,16 @@ def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
             {"params": no_decay, "weight_decay": 0.0}]
 
 
-def build_optimizer(model: torch.nn.Module, config: TrainingConfig) -> torch.optim.Optimizer:
+def build_optimizer(model: torch.nn.Module, config: TrainingConfig, offloaded: bool = False) -> torch.optim.Optimizer:
+    """``offloaded``: DeepSpeed runs the optimizer step on the CPU (``offload_optimizer``)."""
     groups = parameter_groups(model, config.weight_decay)
     adam = dict(lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2), eps=config.adam_epsilon)
+    if offloaded and config.optim in ("adamw", "adamw_fused"):
+        return _deepspeed_cpu_adam(groups, adam)
+    if offloaded and config.optim == "adamw_8bit":
+        raise UserError("--optim adamw_8bit keeps its states on the GPU, which contradicts the "
+                        "DeepSpeed config's offload_optimizer; use --optim adamw (DeepSpeed's CPU "
+                        "Adam) with offload, or a config without offload")
     if config.optim == "adamw":
         return torch.optim.AdamW(groups, **adam)
     if config.optim == "adamw_fused":
@@ -48,3 +55,19 @@ def _adamw_8bit(groups: list[dict], adam: dict):
     except ImportError:
         raise UserError("--optim adamw_8bit needs bitsandbytes: pip install bitsandbytes") from None
     return bitsandbytes.optim.AdamW8bit(groups, **adam)
+
+
+def _deepspeed_cpu_adam(groups: list[dict], adam: dict):
+    """AdamW as DeepSpeed's CPU kernel (vectorized C++), several times faster than torch's
+    AdamW on the CPU, where an offloaded optimizer steps. Built on first use (~40 s)."""
+    try:
+        from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+        return DeepSpeedCPUAdam(groups, adamw_mode=True, **adam)
+    except Exception as err:  # a failed JIT build raises RuntimeError, ImportError, CalledProcessError...
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(
+            f"the DeepSpeed config offloads the optimizer to the CPU, but DeepSpeed's CPU Adam could "
+            f"not be built ({reason}). Install a C++ compiler and the Python headers (Debian/Ubuntu: "
+            "apt-get install g++ python3-dev) and retry, or install DeepSpeed with the op prebuilt: "
+            "DS_BUILD_CPU_ADAM=1 pip install deepspeed") from None
