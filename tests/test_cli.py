@@ -52,3 +52,22 @@ def test_stats_counts_hours_percentiles_and_drops(tiny_model_dir, tmp_path, caps
     for reason in ("3 unreadable audio", "1 empty transcript", "1 longer than the model's input window",
                    "1 shorter than --min_duration_in_seconds", "1 transcript longer than --max_label_length"):
         assert reason in out
+
+
+def test_stats_without_a_model_on_a_common_voice_release_offline(tmp_path, capsys):
+    """Counts, hours and durations need no tokenizer: nothing to download, mp3 clips decoded."""
+    from test_sources import write_common_voice
+
+    root = write_common_voice(tmp_path / "cv-corpus-23.0-2025-09-05" / "be",
+                              {"train": ["Адзін.", "Два.", ""], "dev": ["Тры."], "test": ["Чатыры."]})
+    (root / "clips" / "common_voice_be_train_1.mp3").write_bytes(b"not an mp3")
+    code = stats_cli.main(["--data_dir", str(root), "--splits", "train,validation,test",
+                           "--cache_dir", str(tmp_path / "c")])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "label lengths in tokens need --model_name_or_path" in out
+    assert "train (" in out and "3 listed, 1 decodable with a transcript, 0.00 hours" in out
+    assert "training would drop 2: 1 unreadable audio, 1 empty transcript" in out
+    assert "common_voice_be_train_1.mp3" in out  # the unreadable file is named
+    assert out.count("1 listed, 1 decodable") == 2 and "p50 1.00" in out  # dev (as validation) and test
+    assert "label tokens:" not in out

@@ -171,6 +171,20 @@ def test_bf16_agrees_with_fp32_within_the_stated_tolerance(tiny_model_dir, data,
     assert difference / update < UPDATE_RTOL
 
 
+def test_save_dtype_makes_a_smaller_final_model_and_keeps_float32_checkpoints(tiny_model_dir, data, tmp_path):
+    from transformers import WhisperForConditionalGeneration
+
+    out = tmp_path / "run"
+    assert train_main.main(train_args(tiny_model_dir, data, out, tmp_path / "c", max_steps=2, save_steps=2,
+                                      eval_split_name="none", test_split_name="none", mixed_precision="bf16",
+                                      save_dtype="bfloat16")) == 0
+    final = load_file(out / "model.safetensors")
+    assert {t.dtype for t in final.values()} == {torch.bfloat16}
+    assert WhisperForConditionalGeneration.from_pretrained(out).dtype == torch.bfloat16
+    masters = assert_float32_model(out / "checkpoint-2")
+    assert all(torch.equal(final[k], masters[k].to(torch.bfloat16)) for k in final)
+
+
 # --------------------------------------------------------------------------------------------
 # fp16: skipped steps
 # --------------------------------------------------------------------------------------------

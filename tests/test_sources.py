@@ -9,17 +9,31 @@ from train_loop.sources import has_split, load_rows
 from conftest import SENTENCES, tone, write_audiofolder
 
 
+CV_COLUMNS = ["client_id", "path", "sentence_id", "sentence", "sentence_domain", "up_votes", "down_votes",
+              "age", "gender", "accents", "variant", "locale", "segment"]  # the columns of releases since 17.0
+
+
 def write_common_voice(root, splits):
-    """A Common Voice release as Mozilla ships it: {split}.tsv + clips/*.mp3 (48 kHz)."""
+    """A Common Voice language folder as Mozilla ships it (cv-corpus-<version>/be/): {split}.tsv
+    with today's columns, clips/*.mp3 at 48 kHz, and validated.tsv listing every split's clips."""
     (root / "clips").mkdir(parents=True)
+    validated = []
     for split, texts in splits.items():
         with open(root / f"{split}.tsv", "w", encoding="utf-8", newline="") as handle:
             writer = csv.writer(handle, delimiter="\t", quoting=csv.QUOTE_NONE, escapechar="\\")
-            writer.writerow(["client_id", "path", "sentence", "up_votes", "down_votes", "age", "gender"])
+            writer.writerow(CV_COLUMNS)
             for i, text in enumerate(texts):
                 name = f"common_voice_be_{split}_{i}.mp3"
                 sf.write(root / "clips" / name, tone(1.0, 48000), 48000, format="MP3")
-                writer.writerow([f"speaker{i}", name, text, 2, 0, "", ""])
+                row = [f"speaker{i}", name, f"s{i}", text, "", 2, 0, "", "", "", "", "be", ""]
+                writer.writerow(row)
+                validated.append(row)
+    with open(root / "validated.tsv", "w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle, delimiter="\t", quoting=csv.QUOTE_NONE, escapechar="\\")
+        writer.writerow(CV_COLUMNS)
+        writer.writerows(validated)
+    for name in ("other.tsv", "invalidated.tsv"):
+        (root / name).write_text("\t".join(CV_COLUMNS) + "\n", encoding="utf-8")
     return root
 
 
@@ -46,6 +60,15 @@ def test_common_voice_release_folder_loads_and_decodes_mp3(tmp_path, processor):
         rows.rows[0]["id"], rows.rows[0]["audio"], rows.rows[0]["text"])
     assert example["skip_reason"] == ""
     assert example["duration"] == pytest.approx(1.0, abs=0.06)  # 48 kHz mp3 resampled to 16 kHz
+
+
+def test_the_release_folder_instead_of_its_language_folder_names_the_fix(tmp_path):
+    release = tmp_path / "cv-corpus-23.0-2025-09-05"
+    write_common_voice(release / "be", {"train": SENTENCES[:1]})
+    with pytest.raises(UserError, match=r"is a Common Voice release with the language folder\(s\) be; pass the "
+                                        r"language folder, e.g. --data_dir .*cv-corpus-23.0-2025-09-05/be"):
+        load_rows(SourceConfig(data_dir=str(release)), "train")
+    assert load_rows(SourceConfig(data_dir=str(release / "be")), "validated").num_rows == 1
 
 
 def test_plus_concatenates_every_row_of_every_split(tmp_path):

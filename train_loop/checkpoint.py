@@ -151,7 +151,8 @@ def save_checkpoint(accelerator, output_dir: str, state: TrainerState, model, pr
     """Write ``checkpoint-<step>`` atomically; every process must call this."""
     import torch
 
-    from .distributed import full_precision_state_dict, uses_deepspeed
+    from .distributed import uses_deepspeed
+    from .precision import full_precision_state_dict
 
     name = f"{PREFIX}{state.step}"
     final = os.path.join(output_dir, name)

@@ -32,13 +32,14 @@ class SourceConfig:
     """Where the speech comes from."""
 
     dataset_name: str | None = flag(
-        None, "Hugging Face Hub dataset, e.g. mozilla-foundation/common_voice_11_0. "
-        "Give this or --data_dir.")
+        None, "Hugging Face Hub dataset with an audio and a transcript column (USER/NAME). Give "
+        "this or --data_dir. (Common Voice left the Hub: download a release and use --data_dir.)")
     dataset_config_name: str | None = flag(None, "Hub dataset configuration, e.g. 'be'.")
     dataset_revision: str | None = flag(None, "Hub dataset revision (branch, tag or commit).")
     data_dir: str | None = flag(
-        None, "Local dataset folder: audiofolder layout ({split}/metadata.csv with file_name "
-        "and the text column) or a Common Voice release ({split}.tsv and clips/).")
+        None, "Local dataset folder: a Common Voice release's language folder as Mozilla ships "
+        "it (cv-corpus-<version>/be/: {split}.tsv and clips/; 'validation' reads dev.tsv) or an "
+        "audiofolder ({split}/metadata.csv with file_name and the text column).")
     audio_column_name: str = flag("audio", "Column holding the audio (Hub datasets).")
     text_column_name: str = flag("sentence", "Column holding the transcript.")
     streaming: bool = flag(

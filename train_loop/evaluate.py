@@ -1,8 +1,8 @@
 """Evaluate any saved model or checkpoint on any split: WER table + per-clip predictions.
 
-    python -m train_loop.evaluate --model runs/small-be --data_dir cv-corpus-11.0/be --split test
+    python -m train_loop.evaluate --model runs/small-be --data_dir cv-corpus-11.0-2022-09-21/be --split test
     python -m train_loop.evaluate --model runs/small-be/checkpoint-6000 \\
-        --dataset_name mozilla-foundation/common_voice_11_0 --dataset_config_name be --split test
+        --dataset_name USER/DATASET --dataset_config_name be --split test
     accelerate launch -m train_loop.evaluate ...     # several GPUs: each transcribes a share
 
 Writes ``<output_dir>/eval/<split>-predictions.jsonl`` (raw and normalized reference and

@@ -18,10 +18,10 @@ import torch
 from accelerate.utils import gather_object
 
 from .data import EvalSet, is_empty_batch
-from .distributed import model_input_dtype
 from .features import SkipReport
 from .logger import progress_bar
 from .metrics import error_rates, utterance_errors
+from .precision import model_input_dtype
 
 PROMPT_TOKENS = 4  # <|startoftranscript|><|lang|><|task|><|notimestamps|>
 MAX_DECODER_POSITIONS = 448

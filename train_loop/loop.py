@@ -24,9 +24,9 @@ from .collator import IGNORE_INDEX
 from .config import TrainConfig
 from .data import EvalSet, TrainBatches
 from .features import SkipReport
-from .distributed import fp16_scale, loss_scale, update_was_skipped
 from .evaluation import GenerationSettings, evaluate
 from .logger import RunLogger, format_duration, progress_bar
+from .precision import fp16_scale, loss_scale, update_was_skipped
 from .schedule import LRSchedule
 
 

@@ -1,9 +1,9 @@
 """Fine-tune Whisper on a new language.
 
     accelerate launch train_loop/main.py --model_name_or_path openai/whisper-small \\
-        --dataset_name mozilla-foundation/common_voice_11_0 --dataset_config_name be \\
-        --language be --output_dir runs/small-be --max_steps 12000 ...
-    python -m train_loop.main --config launch/recipes/small-be.yaml
+        --data_dir cv-corpus-11.0-2022-09-21/be --language be --output_dir runs/small-be \\
+        --max_steps 12000 --mixed_precision bf16 ...
+    python -m train_loop.main --config launch/recipes/whisper-small-cv11-be.yaml
     python -m train_loop.main --help
 
 Read top to bottom, ``run`` is the table of contents: accelerator, model, data, optimizer and
@@ -29,17 +29,17 @@ from train_loop.checkpoint import (STATE_FILE, TrainerState, incomplete_checkpoi
                                    run_manifest, save_model_folder)
 from train_loop.config import TrainConfig, parse_train_config
 from train_loop.data import build_eval_set, build_train_batches, steps_for_epochs
-from train_loop.distributed import (accelerator_kwargs, check_precision_supported,
-                                    check_shared_output_dir, fill_deepspeed_config, frozen_weights_fp32,
-                                    full_precision_state_dict, load_whole_model, model_input_dtype,
-                                    optimizer_offloaded, reset_accelerator_settings, uses_deepspeed,
-                                    zero_stage)
+from train_loop.distributed import (accelerator_kwargs, check_shared_output_dir, fill_deepspeed_config,
+                                    load_whole_model, optimizer_offloaded, reset_accelerator_settings,
+                                    uses_deepspeed, zero_stage)
 from train_loop.errors import UserError
 from train_loop.evaluation import GenerationSettings
 from train_loop.logger import RunLogger, make_line_buffered, quiet_library_output
 from train_loop.loop import Run, run_evaluation, train
 from train_loop.model import load_model, load_processor
 from train_loop.optim import build_optimizer
+from train_loop.precision import (check_precision_supported, frozen_weights_fp32,
+                                  full_precision_state_dict, model_input_dtype)
 from train_loop.preemption import StopOnSignal
 from train_loop.report import format_wer_table, write_results
 from train_loop.resume import describe, resume, run_layout

@@ -97,6 +97,13 @@ def _load_local(source: SourceConfig, split: str, streaming: bool) -> RowSource:
         raise UserError(f"--data_dir {data_dir}: no such folder")
     layout = _local_layout(data_dir, split)
     if layout is None:
+        languages = sorted(name for name in os.listdir(data_dir)
+                           if os.path.isfile(os.path.join(data_dir, name, "train.tsv")))
+        if languages:  # the release's top folder, cv-corpus-<version>/, instead of its language folder
+            raise UserError(
+                f"--data_dir {data_dir} is a Common Voice release with the language folder(s) "
+                f"{', '.join(languages)}; pass the language folder, e.g. --data_dir "
+                f"{os.path.join(data_dir, languages[0])}")
         raise UserError(
             f"--data_dir {data_dir} has no split '{split}': expected {split}/metadata.csv "
             f"(audiofolder) or {split}.tsv with clips/ (Common Voice); fix the split flag "

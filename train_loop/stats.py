@@ -1,13 +1,15 @@
 """Dataset statistics: exact clip counts, hours, duration and label-length percentiles per
 split, and how many clips the training filters would drop (and why).
 
-    python -m train_loop.stats --data_dir cv-corpus-11.0/be --model_name_or_path openai/whisper-small
-    python -m train_loop.stats --dataset_name mozilla-foundation/common_voice_11_0 \\
-        --dataset_config_name be --splits train,validation,test
+    python -m train_loop.stats --data_dir cv-corpus-23.0-2025-09-05/be
+    python -m train_loop.stats --data_dir cv-corpus-23.0-2025-09-05/be --model_name_or_path runs/small-be
+    python -m train_loop.stats --dataset_name USER/DATASET --splits train,test
 
-Every clip is decoded once (the same preparation training does, cached and shared with it,
-``--preprocessing_num_workers`` processes), so the numbers are exact and the next training
-run on the same data starts without preparing again.
+Every clip is decoded once, so the numbers are exact. Without a model (the default) that is
+all: counts, hours and durations need no tokenizer, and nothing is downloaded. With
+``--model_name_or_path`` (a local Whisper folder or a Hub id) the clips are prepared exactly as
+training prepares them (cached and shared with it, ``--preprocessing_num_workers`` processes):
+label lengths in tokens are added, and the next training run starts without preparing again.
 """
 
 from __future__ import annotations
@@ -29,7 +31,10 @@ class StatsConfig:
     """Which splits, and the tokenizer/feature extractor that defines label length and window."""
 
     splits: str = flag("train,validation,test", "Comma-separated splits ('+' concatenates within one).")
-    model_name_or_path: str = flag("openai/whisper-small", "Model whose processor tokenizes the labels.")
+    model_name_or_path: str | None = flag(
+        None, "Whisper whose processor tokenizes the labels (a local folder or a Hub id): adds label "
+        "lengths and prepares the features training will reuse. Default: none; counts, hours and "
+        "durations need no model.")
     language: str = flag("be", "Language of the label prefix tokens.")
     task: str = flag("transcribe", "Task of the label prefix tokens.", ("transcribe", "translate"))
 
@@ -52,60 +57,129 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def dataset_statistics(options: StatsConfig, source: SourceConfig, filters: FilterConfig) -> str:
-    from .data import cache_root, cache_key, featurizer_for, prepare_split, train_filters
-    from .features import Filters
-    from .model import load_processor
     from .sources import load_rows
 
     if bool(source.dataset_name) == bool(source.data_dir):
         raise UserError("give exactly one data source: --dataset_name (Hub) or --data_dir (local folder)")
-    source.streaming = False  # statistics need every clip: prepare (and cache) the split
-    processor = load_processor(options.model_name_or_path, options.language, options.task)
-    data = DataConfig()
-    config = TrainConfig(source=source, filters=filters, data=data)
-    featurizer = featurizer_for(processor, data, "belarusian")
-    key = cache_key(processor, data, "belarusian")
-    training_filters = train_filters(config, processor)
-    blocks = [f"filters: {training_filters.min_seconds:g}-{training_filters.max_seconds:g} s, "
-              f"at most {training_filters.max_label_tokens} label tokens"]
+    source.streaming = False  # statistics need every clip
+    measure = _Prepared(options, source, filters) if options.model_name_or_path else _DecodedOnly(source, filters)
+    blocks = [measure.header()]
     for split in [s.strip() for s in options.splits.split(",") if s.strip()]:
         rows = load_rows(source, split)
-        # Keep every decodable clip here, so the statistics describe the whole split; the drop
-        # counts below apply the training filters to the same table.
-        everything = Filters(min_seconds=0.0, max_seconds=float("inf"), max_label_tokens=10**9)
-        prepared = prepare_split(rows, featurizer, everything, cache_root(source),
-                                 source.preprocessing_num_workers, key)
-        blocks.append(_describe(split, rows.name, prepared, training_filters))
+        blocks.append(_describe(split, rows.name, *measure(rows)))
     return "\n\n".join(blocks)
 
 
-def _describe(split: str, name: str, prepared, filters) -> str:
-    table = prepared.table.with_format(None).select_columns(["skip_reason", "duration", "label_tokens"])
-    meta = table.to_dict()
+class _Prepared:
+    """Clips prepared as training prepares them (log-mel + tokenized labels), cached."""
+
+    def __init__(self, options: StatsConfig, source: SourceConfig, filters: FilterConfig):
+        from .data import cache_key, featurizer_for, train_filters
+        from .model import load_processor
+
+        self.source = source
+        processor = load_processor(options.model_name_or_path, options.language, options.task)
+        data = DataConfig()
+        self.featurizer = featurizer_for(processor, data, "belarusian")
+        self.key = cache_key(processor, data, "belarusian")
+        self.filters = train_filters(TrainConfig(source=source, filters=filters, data=data), processor)
+
+    def header(self) -> str:
+        return (f"filters: {self.filters.min_seconds:g}-{self.filters.max_seconds:g} s, at most "
+                f"{self.filters.max_label_tokens} label tokens")
+
+    def __call__(self, rows):
+        from .data import cache_root, prepare_split
+        from .features import Filters
+
+        # Keep every decodable clip, so the statistics describe the whole split; the drop
+        # counts apply the training filters to the same table.
+        everything = Filters(min_seconds=0.0, max_seconds=float("inf"), max_label_tokens=10**9)
+        prepared = prepare_split(rows, self.featurizer, everything, cache_root(self.source),
+                                 self.source.preprocessing_num_workers, self.key)
+        table = prepared.table.with_format(None).select_columns(["skip_reason", "duration", "label_tokens"])
+        return table.to_dict(), prepared.report, self.filters
+
+
+class _DecodedOnly:
+    """Every clip decoded for its length; no model, no tokenizer, no features."""
+
+    def __init__(self, source: SourceConfig, filters: FilterConfig):
+        from .features import Filters
+
+        self.source = source
+        # Whisper's window is 30 s for every released model; label lengths are unknown here.
+        self.filters = Filters(min_seconds=filters.min_duration_in_seconds,
+                               max_seconds=min(filters.max_duration_in_seconds, 30.0), max_label_tokens=10**9)
+
+    def header(self) -> str:
+        return (f"filters: {self.filters.min_seconds:g}-{self.filters.max_seconds:g} s (label lengths in "
+                "tokens need --model_name_or_path)")
+
+    def __call__(self, rows):
+        from .features import SkipReport
+
+        num_proc = max(1, min(self.source.preprocessing_num_workers, len(rows.rows)))
+        measured = rows.rows.map(_measure_batch, batched=True, batch_size=16, num_proc=num_proc if num_proc > 1 else None,
+                                 remove_columns=rows.rows.column_names,
+                                 desc=f"Decoding {rows.split} ({len(rows.rows):,} clips)")
+        meta = measured.to_dict()
+        report = SkipReport(split=rows.split, rows=len(meta["duration"]))
+        for reason, detail in zip(meta["skip_reason"], meta["detail"]):
+            if reason:
+                report.add(reason, detail)
+        meta["label_tokens"] = None
+        return meta, report, self.filters
+
+
+def _measure_batch(batch: dict[str, list]) -> dict[str, list]:
+    """map() function: duration of each clip, or why it cannot be used."""
+    from .audio import SAMPLING_RATE, AudioDecodeError, decode_audio
+    from .features import SKIP_EMPTY_TEXT, SKIP_UNREADABLE
+
+    out: dict[str, list] = {"duration": [], "skip_reason": [], "detail": []}
+    for audio, text in zip(batch["audio"], batch["text"]):
+        duration, reason, detail = 0.0, "", ""
+        if not text or not text.strip():
+            reason = SKIP_EMPTY_TEXT
+        else:
+            try:
+                duration = len(decode_audio(audio, SAMPLING_RATE)) / SAMPLING_RATE
+            except AudioDecodeError as err:
+                reason, detail = SKIP_UNREADABLE, str(err)
+        out["duration"].append(duration)
+        out["skip_reason"].append(reason)
+        out["detail"].append(detail)
+    return out
+
+
+def _describe(split: str, name: str, meta: dict, report, filters) -> str:
     # Clips longer than the model's window decode fine: they count in hours and percentiles.
     decodable = [i for i, reason in enumerate(meta["skip_reason"]) if reason in ("", SKIP_OVER_WINDOW)]
     durations = np.asarray(meta["duration"], dtype=np.float64)[decodable]
-    labels = np.asarray(meta["label_tokens"], dtype=np.int64)[decodable]
     lines = [f"{split} ({name})",
              f"  clips: {len(meta['skip_reason']):,} listed, {len(decodable):,} decodable with a transcript, "
              f"{durations.sum() / 3600:.2f} hours"]
+    labels = None if meta["label_tokens"] is None else np.asarray(meta["label_tokens"], dtype=np.int64)[decodable]
     if len(decodable):
         lines.append("  duration s:   " + _percentiles(durations, "{:.2f}") +
                      f"  min {durations.min():.2f}  max {durations.max():.2f}  mean {durations.mean():.2f}")
-        lines.append("  label tokens: " + _percentiles(labels, "{:.0f}") +
-                     f"  min {labels.min()}  max {labels.max()}  mean {labels.mean():.1f}")
-    drops = dict(prepared.report.skipped)
+        if labels is not None:
+            lines.append("  label tokens: " + _percentiles(labels, "{:.0f}") +
+                         f"  min {labels.min()}  max {labels.max()}  mean {labels.mean():.1f}")
+    drops = dict(report.skipped)
     for i in range(len(meta["skip_reason"])):
         if meta["skip_reason"][i]:
             continue  # already counted in the report
-        reason = filters.reason(float(meta["duration"][i]), int(meta["label_tokens"][i]))
+        label_tokens = 0 if meta["label_tokens"] is None else int(meta["label_tokens"][i])
+        reason = filters.reason(float(meta["duration"][i]), label_tokens)
         if reason:
             drops[reason] = drops.get(reason, 0) + 1
     if drops:
         lines.append(f"  training would drop {sum(drops.values()):,}: " +
                      ", ".join(f"{count:,} {reason}" for reason, count in sorted(drops.items(), key=lambda kv: -kv[1])))
-        if prepared.report.examples:
-            lines.append("  e.g. " + "; ".join(prepared.report.examples))
+        if report.examples:
+            lines.append("  e.g. " + "; ".join(report.examples))
     else:
         lines.append("  training would drop none")
     return "\n".join(lines)

@@ -1,0 +1,114 @@
+"""Precision: what the model is fed, what is saved, and which fp16 steps were skipped.
+
+* Without DeepSpeed the weights stay float32 and autocast runs each op in bf16/fp16; with
+  DeepSpeed the engine itself holds 16-bit weights (and float32 masters in its optimizer).
+* Whatever trained in 16 bits, saved models hold the float32 master weights.
+* fp16 steps whose update the loss scaler skipped are counted without a host sync.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .distributed import uses_deepspeed
+from .errors import UserError
+
+
+
+
+def model_input_dtype(accelerator) -> torch.dtype:
+    """The dtype of the model's float inputs (log-mel features).
+
+    Without DeepSpeed the weights stay float32 and autocast runs each op in bf16/fp16, so the
+    inputs stay float32. DeepSpeed instead casts the weights themselves to bf16/fp16 and runs no
+    autocast: a float32 input then meets a 16-bit bias in the first convolution and fails."""
+    if not uses_deepspeed(accelerator):
+        return torch.float32
+    ds = accelerator.state.deepspeed_plugin.deepspeed_config
+    if ds.get("bf16", {}).get("enabled") is True:
+        return torch.bfloat16
+    if ds.get("fp16", {}).get("enabled") is True:
+        return torch.float16
+    return torch.float32
+
+
+def frozen_weights_fp32(model) -> dict[str, torch.Tensor]:
+    """float32 copies (CPU) of the parameters that do not train, taken before ``prepare``.
+
+    DeepSpeed keeps float32 master copies only of trainable parameters; a frozen encoder is
+    held in bf16/fp16 alone. It never changes, so this copy is its exact full-precision value."""
+    return {name: param.detach().to("cpu", torch.float32, copy=True)
+            for name, param in model.named_parameters() if not param.requires_grad}
+
+
+def full_precision_state_dict(accelerator, model, frozen_fp32: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
+    """The model's weights in float32 (on the main process; None elsewhere); every process must call.
+
+    Without DeepSpeed the model's own weights are the float32 masters. Under DeepSpeed with
+    bf16/fp16 they are 16-bit copies, and ``accelerator.get_state_dict`` would save those; the
+    float32 masters live in the optimizer's partitions (ZeRO-2: a slice per process; ZeRO-3: the
+    parameters too) and are gathered here one parameter at a time, then moved to the CPU."""
+    if not uses_deepspeed(accelerator):
+        weights = accelerator.get_state_dict(model)
+        return weights if accelerator.is_main_process else None
+    from deepspeed.utils import safe_get_full_fp32_param
+
+    unwrapped = accelerator.unwrap_model(model)
+    weights: dict[str, torch.Tensor] = {}
+    for name, param in unwrapped.named_parameters():  # the same order on every process
+        full = frozen_fp32.get(name)
+        if full is None:
+            full = safe_get_full_fp32_param(param)  # a collective: every process takes part
+            if full is None:  # no master copy: the engine trains in float32
+                full = param.detach()
+            full = full.to("cpu", torch.float32)
+        if accelerator.is_main_process:
+            weights[name] = full.clone()
+    if not accelerator.is_main_process:
+        return None
+    for name, buffer in unwrapped.named_buffers():
+        weights[name] = buffer.detach().to("cpu")
+    return weights
+
+
+def loss_scale(accelerator, optimizer) -> float | None:
+    """The fp16 loss scale now (None without fp16). Reading it syncs with the device: log time only."""
+    if accelerator.scaler is not None:
+        return float(accelerator.scaler.get_scale())
+    if model_input_dtype(accelerator) == torch.float16:  # DeepSpeed's own dynamic loss scaler
+        inner = getattr(optimizer, "optimizer", optimizer)
+        scale = getattr(inner, "loss_scale", None) or getattr(inner, "cur_scale", None)
+        return float(scale) if scale is not None else None
+    return None
+
+
+def fp16_scale(accelerator) -> torch.Tensor | None:
+    """The GradScaler's current scale as a device tensor (no host sync), or None without one."""
+    scaler = accelerator.scaler
+    return None if scaler is None or scaler._scale is None else scaler._scale.clone()
+
+
+def update_was_skipped(accelerator, optimizer, scale_before: torch.Tensor | None):
+    """Whether the optimizer step just taken skipped its update: a device tensor with a
+    GradScaler (no host sync), else DeepSpeed's overflow flag.
+
+    accelerate's ``step_was_skipped`` misses the skips of fused optimizers (accelerate#4242:
+    their step() is called even when their kernel skips the update); the scaler's backoff,
+    which happens exactly when a gradient overflowed, does not."""
+    if scale_before is not None:
+        return (accelerator.scaler._scale < scale_before).long()
+    return int(optimizer.step_was_skipped)
+
+
+def check_precision_supported(accelerator) -> None:
+    """fp16 needs a GPU: on CPU accelerate runs neither autocast nor a loss scaler for it (the
+    run would silently train in float32), and DeepSpeed's CPU backend rejects it."""
+    if accelerator.mixed_precision != "fp16":
+        return
+    if uses_deepspeed(accelerator) and accelerator.device.type != "cpu":
+        return  # DeepSpeed's fp16 engine with its own loss scaler
+    if not uses_deepspeed(accelerator) and accelerator.scaler is not None:
+        return  # autocast to fp16 with a GradScaler
+    raise UserError("--mixed_precision fp16 needs a GPU: on a CPU accelerate neither casts to fp16 "
+                    "nor scales the loss (the run would silently train in float32) and DeepSpeed's CPU "
+                    "backend rejects it. Use --mixed_precision bf16 (or no) on a CPU")
