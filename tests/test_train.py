@@ -134,17 +134,6 @@ def test_streaming_run_decodes_in_workers_and_reports_skipped_rows(tiny_model_di
     assert evals[0]["eval_samples"] == 3
 
 
-def test_accelerate_launch_runs_the_script_path(tiny_model_dir, dataset_dir, tmp_path):
-    """`accelerate launch train_loop/main.py` runs main.py as a file, not as a module."""
-    args = train_args(tiny_model_dir, dataset_dir, tmp_path / "run", tmp_path / "c", max_steps=2,
-                      eval_split_name="none", test_split_name="none")
-    result = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1",
-                             "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                             "train_loop/main.py", *args], cwd=ROOT, capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "step 2/2 | " in result.stdout
-
-
 def test_adafactor_option_trains(tiny_model_dir, dataset_dir, tmp_path):
     out = tmp_path / "run"
     assert train_main.main(train_args(tiny_model_dir, dataset_dir, out, tmp_path / "c", optim="adafactor",

@@ -49,10 +49,12 @@ def decode_audio(audio: Any, sampling_rate: int = SAMPLING_RATE) -> np.ndarray:
                 raise AudioDecodeError("empty audio cell")
             if isinstance(source, str) and not os.path.isfile(source):
                 raise AudioDecodeError("file not found")
-            with soundfile.SoundFile(source) as handle:
+            with decoder_messages() as messages, soundfile.SoundFile(source) as handle:
                 _reject_truncated_wav(handle)
                 source_rate = handle.samplerate
+                declared = handle.frames
                 waveform = handle.read(dtype="float32", always_2d=True)
+            _reject_short_decode(len(waveform), declared, messages.text())
             waveform = waveform.mean(axis=1) if waveform.shape[1] > 1 else waveform[:, 0]
     except AudioDecodeError as err:
         raise AudioDecodeError(f"{audio_reference(audio)}: {err}") from None
@@ -72,6 +74,54 @@ def decode_audio(audio: Any, sampling_rate: int = SAMPLING_RATE) -> np.ndarray:
 
         waveform = soxr.resample(waveform, source_rate, sampling_rate, quality="HQ")
     return np.ascontiguousarray(waveform, dtype=np.float32)
+
+
+def _reject_short_decode(decoded: int, declared: int, messages: str) -> None:
+    """A compressed file cut short (mp3 with a length header, ...) decodes to its first part only
+    while its transcript stays whole. More than 1% (and 2048 samples) missing is not the codec's
+    padding: the clip is skipped, with what the decoder said about it."""
+    missing = declared - decoded
+    if declared > 0 and missing > max(2048, declared // 100):
+        said = f"; the decoder said: {messages}" if messages else ""
+        raise AudioDecodeError(f"decodes to {decoded} samples but its header declares {declared} (cut "
+                               f"short or damaged){said}")
+
+
+class decoder_messages:
+    """Catch what the C decoders print on stderr while one file is read (mpg123's "Illegal
+    Audio-MPEG-Header ..."), so it is attributed to that file, not left on the console unnamed.
+
+    The process's stderr (fd 2) points at a private temporary file for the duration; Python's
+    own sys.stderr is untouched. Reused for every file of this process (one per worker)."""
+
+    _capture: dict[int, int] = {}  # pid -> fd of this process's capture file
+
+    def __enter__(self):
+        import tempfile
+
+        pid = os.getpid()
+        if pid not in self._capture:
+            handle = tempfile.TemporaryFile()
+            self._capture[pid] = os.dup(handle.fileno())
+            handle.close()
+        self._fd = self._capture[pid]
+        os.ftruncate(self._fd, 0)
+        os.lseek(self._fd, 0, os.SEEK_SET)
+        self._saved = os.dup(2)
+        os.dup2(self._fd, 2)
+        self._text = ""
+        return self
+
+    def __exit__(self, *exc) -> None:
+        os.dup2(self._saved, 2)
+        os.close(self._saved)
+        size = os.lseek(self._fd, 0, os.SEEK_END)
+        raw = os.pread(self._fd, min(size, 4096), 0) if size else b""
+        lines = [line.strip() for line in raw.decode("utf-8", "replace").splitlines() if line.strip()]
+        self._text = " / ".join(dict.fromkeys(lines))[:300]  # distinct lines, in order, short
+
+    def text(self) -> str:
+        return self._text
 
 
 def _reject_truncated_wav(handle) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import re
 import shutil
@@ -68,6 +69,9 @@ class TrainerState:
 
 
 def is_improvement(value: float, best: float | None, greater_is_better: bool) -> bool:
+    """Whether ``value`` beats ``best``; a NaN or infinite value never does."""
+    if value is None or not math.isfinite(value):
+        return False
     if best is None:
         return True
     return value > best if greater_is_better else value < best
@@ -101,20 +105,66 @@ def incomplete_checkpoints(output_dir: str) -> list[str]:
                   if name.startswith(PREFIX) and name.endswith(PARTIAL_SUFFIX))
 
 
-def resolve_resume(output_dir: str, resume_from: str) -> str:
-    """The checkpoint folder named by ``--resume_from`` ('latest', a name, or a path)."""
+def checkpoint_problem(path: str) -> str | None:
+    """Why checkpoint ``path`` cannot be loaded ("<file>: <reason>"), or None if every file reads.
+
+    Reads every byte once: torch's files are zip archives whose CRCs are checked, safetensors
+    headers must cover their files, JSON must parse. A truncated copy or a disk error shows here
+    with the file's name, instead of deep inside a loader."""
+    import zipfile
+
+    from safetensors import safe_open
+
+    for root, _, files in os.walk(path):
+        for name in sorted(files):
+            file = os.path.join(root, name)
+            shown = os.path.relpath(file, os.path.dirname(path))
+            try:
+                if name.endswith(".safetensors"):
+                    with safe_open(file, "pt") as handle:
+                        handle.keys()
+                elif name.endswith((".bin", ".pt", ".pkl")):
+                    with zipfile.ZipFile(file) as archive:
+                        bad = archive.testzip()
+                    if bad:
+                        return f"{shown}: damaged data in {bad}"
+                elif name.endswith(".json"):
+                    with open(file, encoding="utf-8") as handle:
+                        json.load(handle)
+            except Exception as err:  # zipfile, safetensors and json each raise their own
+                reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                return f"{shown}: {reason}"
+    return None
+
+
+def resolve_resume(output_dir: str, resume_from: str) -> tuple[str, list[str]]:
+    """The checkpoint folder named by ``--resume_from`` ('latest', a name, or a path), and notes.
+
+    ``latest`` is the newest checkpoint that reads (an unreadable newer one is named in a note);
+    a checkpoint named explicitly must read, or the error names the damaged file."""
     if resume_from == "latest":
         found = complete_checkpoints(output_dir)
         if not found:
             raise UserError(f"--resume_from latest: no complete checkpoint in {output_dir}; start "
                             "without --resume_from")
-        return found[-1][1]
+        notes = []
+        for _, path in reversed(found):
+            problem = checkpoint_problem(path)
+            if problem is None:
+                return path, notes
+            notes.append(f"{problem}: cannot resume from {os.path.basename(path)}, trying the one before")
+        raise UserError(f"--resume_from latest: no checkpoint in {output_dir} can be read ("
+                        f"{'; '.join(note.split(': cannot')[0] for note in notes)})")
     for candidate in (resume_from, os.path.join(output_dir, resume_from)):
         if os.path.isdir(candidate):
             if not os.path.isfile(os.path.join(candidate, STATE_FILE)):
                 raise UserError(f"--resume_from {resume_from}: {candidate} has no {STATE_FILE}, so it "
                                 "is not a complete checkpoint of this tool")
-            return candidate
+            problem = checkpoint_problem(candidate)
+            if problem is not None:
+                raise UserError(f"--resume_from {resume_from}: {problem}. Resume from another checkpoint "
+                                "(--resume_from latest picks the newest readable one)")
+            return candidate, []
     names = ", ".join(os.path.basename(p) for _, p in complete_checkpoints(output_dir)) or "none"
     raise UserError(f"--resume_from {resume_from}: no such checkpoint (in {output_dir}: {names}); "
                     "use 'latest', a checkpoint name or a path")
@@ -138,28 +188,94 @@ def save_model_folder(model, folder: str, weights: dict[str, Any], dtype: str = 
     import torch
 
     target = getattr(torch, dtype)
-    weights = {name: (tensor.to(target) if tensor.is_floating_point() else tensor)
-               for name, tensor in weights.items()}
+    cast: dict[tuple, Any] = {}  # tied weights (one tensor, two names) stay one tensor, saved once
+    weights = dict(weights)
+    for name, tensor in list(weights.items()):
+        if tensor.is_floating_point():
+            key = (tensor.data_ptr(), tuple(tensor.shape))
+            weights[name] = cast.setdefault(key, tensor.to(target))
     model.save_pretrained(folder, state_dict=weights)
     model.config.dtype = dtype
     model.config.save_pretrained(folder)
 
 
+def save_final_model(model, processor, output_dir: str, weights: dict[str, Any], dtype: str) -> None:
+    """The run's result, for ``from_pretrained`` and ``pipeline`` (main process). Never saved when
+    a weight is NaN or infinite, nor half-written on a full disk."""
+    import torch
+
+    from .rundir import disk_full_error, ensure_free_space, is_disk_full
+
+    broken = [name for name, tensor in weights.items()
+              if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
+    if broken:
+        raise UserError(f"the final weights contain NaN or infinite values ({len(broken)} tensors, e.g. "
+                        f"{broken[0]}): not saved as the final model. The checkpoints before the "
+                        "divergence are intact; resume from one with a lower --learning_rate")
+    needed = sum(tensor.numel() * getattr(torch, dtype).itemsize for tensor in weights.values())
+    ensure_free_space(output_dir, needed, "the final model")
+    try:
+        save_model_folder(model, output_dir, weights, dtype)
+        processor.save_pretrained(output_dir)
+    except Exception as err:
+        if not is_disk_full(err):
+            raise
+        raise disk_full_error(output_dir, needed, "the final model") from None
+
+
 def save_checkpoint(accelerator, output_dir: str, state: TrainerState, model, processor,
                     run_config: dict[str, Any], manifest: dict[str, Any],
                     data_state: dict[str, Any], frozen_fp32: dict[str, Any] | None = None) -> str:
-    """Write ``checkpoint-<step>`` atomically; every process must call this."""
+    """Write ``checkpoint-<step>`` atomically; every process must call this.
+
+    Before writing, the disk must have room for about one more checkpoint (the size of the
+    newest one); if a write still fails on a full disk, the unfinished folder is removed and
+    the error says so. The previous checkpoints are never touched."""
+    from .distributed import on_main_process
+    from .rundir import disk_full_error, is_disk_full
+
+    final = os.path.join(output_dir, f"{PREFIX}{state.step}")
+    partial = final + PARTIAL_SUFFIX
+    needed = checkpoint_bytes_estimate(output_dir, accelerator.unwrap_model(model))
+    on_main_process(accelerator, lambda: _start_partial(output_dir, partial, needed))
+    try:
+        _write_checkpoint(accelerator, output_dir, partial, final, state, model, processor, run_config,
+                          manifest, data_state, frozen_fp32)
+    except Exception as err:
+        if not is_disk_full(err):
+            raise
+        shutil.rmtree(partial, ignore_errors=True)
+        raise disk_full_error(output_dir, needed, os.path.basename(final)) from None
+    return final
+
+
+def checkpoint_bytes_estimate(output_dir: str, model) -> int:
+    """Bytes the next checkpoint will take: the newest one's size, or (for the first) float32
+    weights plus AdamW's two float32 moments per parameter."""
+    from .rundir import folder_bytes
+
+    found = complete_checkpoints(output_dir)
+    if found:
+        return folder_bytes(found[-1][1])
+    return 12 * sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
+
+
+def _start_partial(output_dir: str, partial: str, needed: int) -> None:
+    from .rundir import ensure_free_space
+
+    if os.path.exists(partial):
+        shutil.rmtree(partial)
+    ensure_free_space(output_dir, needed, f"{os.path.basename(partial)[:-len(PARTIAL_SUFFIX)]}")
+
+
+def _write_checkpoint(accelerator, output_dir: str, partial: str, final: str, state: TrainerState, model,
+                      processor, run_config: dict[str, Any], manifest: dict[str, Any],
+                      data_state: dict[str, Any], frozen_fp32: dict[str, Any] | None) -> None:
     import torch
 
     from .distributed import uses_deepspeed
     from .precision import full_precision_state_dict
 
-    name = f"{PREFIX}{state.step}"
-    final = os.path.join(output_dir, name)
-    partial = final + PARTIAL_SUFFIX
-    if accelerator.is_main_process and os.path.exists(partial):
-        shutil.rmtree(partial)
-    accelerator.wait_for_everyone()
     accelerator.save_state(partial, safe_serialization=True)
     torch.save(data_state, os.path.join(partial, DATA_STATE.format(rank=accelerator.process_index)))
     consolidated = None
@@ -185,6 +301,7 @@ def save_checkpoint(accelerator, output_dir: str, state: TrainerState, model, pr
             raise UserError(f"{partial}: files written by other processes are missing "
                             f"({', '.join(missing[:4])}); every node must write into the same "
                             "output_dir (a shared file system)")
+        _fsync_files(partial)  # on disk before the folder gets its final name: survives a power loss
         # The state goes last: its presence is what marks the folder as complete.
         _write_text(os.path.join(partial, STATE_FILE), state.to_json())
         if os.path.exists(final):  # re-saving a step (after a resume): replace it whole
@@ -192,7 +309,6 @@ def save_checkpoint(accelerator, output_dir: str, state: TrainerState, model, pr
         os.replace(partial, final)
         _fsync_dir(output_dir)
     accelerator.wait_for_everyone()
-    return final
 
 
 def load_checkpoint(accelerator, path: str) -> TrainerState:
@@ -281,6 +397,18 @@ def _write_text(path: str, text: str) -> None:
 
 def _write_json(path: str, value: Any) -> None:
     _write_text(path, json.dumps(value, indent=2, ensure_ascii=False, default=str))
+
+
+def _fsync_files(folder: str) -> None:
+    """fsync every file under ``folder`` (written by accelerate, DeepSpeed, transformers and us)."""
+    for root, _, files in os.walk(folder):
+        for name in files:
+            fd = os.open(os.path.join(root, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(root)
 
 
 def _fsync_dir(path: str) -> None:

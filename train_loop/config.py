@@ -124,7 +124,11 @@ class ModelConfig:
 class TrainingConfig:
     """Optimization, schedule, precision."""
 
-    output_dir: str | None = flag(None, "Folder for checkpoints, logs, predictions and the final model.")
+    output_dir: str | None = flag(
+        None, "Folder for checkpoints, logs, predictions and the final model. It belongs to one run: "
+        "a fresh run into a folder holding another run stops (see --resume_from, --overwrite_output_dir).")
+    overwrite_output_dir: bool = flag(
+        False, "Delete what another run left in --output_dir before starting a fresh run.")
     max_steps: int = flag(
         -1, "Optimizer steps to train. -1: derive from --num_train_epochs (prepared data only).")
     num_train_epochs: float = flag(3.0, "Epochs to train when --max_steps is -1.")
@@ -148,6 +152,10 @@ class TrainingConfig:
     mixed_precision: str | None = flag(
         None, "Mixed precision: no, fp16 (with a gradient scaler) or bf16 (Ampere or newer). "
         "Default: what `accelerate launch` was configured with, else no.", ("no", "fp16", "bf16"))
+    max_nonfinite_steps: int = flag(
+        10, "Stop (with the newest checkpoint from before) after this many consecutive steps whose "
+        "gradients were NaN or infinite; each such step's update is skipped and counted "
+        "(skipped_steps), so an isolated one does no harm.")
     seed: int = flag(42, "Seed for initialization, data order and dropout.")
     logging_steps: int = flag(25, "Print and record training metrics every N optimizer steps.")
     report_to: str = flag("tensorboard", "Experiment tracker.", ("tensorboard", "none"))
@@ -384,12 +392,15 @@ def validate_train_config(config: TrainConfig) -> None:
         raise UserError("--output_dir is required (checkpoints, logs and the final model go there)")
     if bool(src.dataset_name) == bool(src.data_dir):
         raise UserError("give exactly one data source: --dataset_name (Hub) or --data_dir (local folder)")
+    if tr.overwrite_output_dir and ck.resume_from:
+        raise UserError("--overwrite_output_dir deletes the run that --resume_from would continue; give one")
     if src.streaming and tr.max_steps <= 0:
         raise UserError("--streaming needs --max_steps: the length of a stream is not known in advance")
     positive = {"per_device_train_batch_size": tr.per_device_train_batch_size,
                 "gradient_accumulation_steps": tr.gradient_accumulation_steps,
                 "per_device_eval_batch_size": ev.per_device_eval_batch_size,
                 "logging_steps": tr.logging_steps, "num_beams": ev.num_beams,
+                "max_nonfinite_steps": tr.max_nonfinite_steps,
                 "preprocessing_num_workers": src.preprocessing_num_workers,
                 "shuffle_buffer_size": data.shuffle_buffer_size}
     for name, value in positive.items():
@@ -400,8 +411,34 @@ def validate_train_config(config: TrainConfig) -> None:
                         "dataloader_num_workers": data.dataloader_num_workers}.items():
         if value is not None and value < 0:
             raise UserError(f"--{name} must be 0 or more, got {value}")
+    if tr.max_steps == 0 or tr.max_steps < -1:
+        raise UserError(f"--max_steps must be positive, or -1 to train --num_train_epochs; got {tr.max_steps}")
+    if tr.max_steps == -1 and not tr.num_train_epochs > 0:
+        raise UserError(f"--num_train_epochs must be positive (or give --max_steps), got {tr.num_train_epochs}")
+    for name, value in {"max_train_samples": data.max_train_samples,
+                        "max_eval_samples": data.max_eval_samples}.items():
+        if value is not None and value < 1:
+            raise UserError(f"--{name} must be at least 1 (or none for every clip), got {value}")
     if tr.learning_rate <= 0:
         raise UserError(f"--learning_rate must be positive, got {tr.learning_rate}")
+    for name, value in {"weight_decay": tr.weight_decay, "max_grad_norm": tr.max_grad_norm}.items():
+        if value < 0:
+            raise UserError(f"--{name} must be 0 or more, got {value}")
+    for name, value in {"adam_beta1": tr.adam_beta1, "adam_beta2": tr.adam_beta2}.items():
+        if not 0 <= value < 1:
+            raise UserError(f"--{name} must be in [0, 1), got {value}")
+    if tr.adam_epsilon <= 0:
+        raise UserError(f"--adam_epsilon must be positive, got {tr.adam_epsilon}")
+    model = config.model
+    for name, value in {"mask_time_prob": model.mask_time_prob, "mask_feature_prob": model.mask_feature_prob}.items():
+        if not 0 <= value <= 1:
+            raise UserError(f"--{name} is a fraction between 0 and 1, got {value}")
+    for name, value in {"mask_time_length": model.mask_time_length,
+                        "mask_feature_length": model.mask_feature_length}.items():
+        if value < 1:
+            raise UserError(f"--{name} must be at least 1, got {value}")
+    if model.mask_time_min_masks < 0:
+        raise UserError(f"--mask_time_min_masks must be 0 or more, got {model.mask_time_min_masks}")
     if not 0 <= tr.min_learning_rate <= tr.learning_rate:
         raise UserError("--min_learning_rate must be between 0 and --learning_rate")
     if tr.max_steps > 0 and tr.warmup_steps > tr.max_steps:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import os
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 import datasets
@@ -30,6 +30,7 @@ from .collator import SpeechCollator
 from .config import default_cache_dir
 from .distributed import once_per_node
 from .features import SKIP_UNREADABLE, Featurizer, Filters, SkipReport
+from .preemption import ignore_stop_signals
 from .errors import UserError
 from .sources import RowSource, content_hash, load_rows
 from .streaming import RowShards, StreamingBatches
@@ -212,7 +213,8 @@ def make_loader(dataset, collator: SpeechCollator | None, num_workers: int, pin_
     # every new iterator, and a resumed run starts one at another moment than the original did;
     # the dropout stream that shares the global RNG would then be shifted after every resume.
     kwargs: dict[str, Any] = dict(num_workers=num_workers, pin_memory=pin_memory,
-                                  generator=torch.Generator().manual_seed(0))
+                                  generator=torch.Generator().manual_seed(0),
+                                  worker_init_fn=ignore_stop_signals)  # see preemption.py
     if num_workers > 0:
         kwargs["prefetch_factor"] = 4
     if batch_sampler is not None:
@@ -305,7 +307,9 @@ class TrainBatches:
                 batch = next(self._iterator)
             except StopIteration:
                 if self.batches_done == 0:
-                    raise RuntimeError("the training data produced no batch in a whole epoch") from None
+                    raise UserError(f"the training data produced no batch in a whole epoch ({self.report.summary()}); "
+                                    "check the data and the filters (--min/--max_duration_in_seconds, "
+                                    "--max_label_length) or lower --per_device_train_batch_size") from None
                 self.epoch, self.batches_done, self._iterator = self.epoch + 1, 0, None
                 continue
             if "skipped" in batch:
@@ -324,6 +328,7 @@ class EvalSet:
     report: SkipReport | None  # None for a stream that has not been read yet
     num_clips: int | None  # usable clips in the whole set, when known
     clips_for_process: int | None  # for this process's progress bar
+    left_out: dict[str, list[str]] = field(default_factory=dict)  # manifest rows (RowSource.dropped)
 
 
 def featurizer_for(processor, data_config, eval_normalizer: str) -> Featurizer:
@@ -426,11 +431,13 @@ def build_train_batches(config, processor, accelerator) -> TrainBatches:
             rows_key = content_hash(data.max_train_samples, *rows.rows["id"])
         else:
             rows_key = content_hash(rows.name, data.max_train_samples)
-        return TrainBatches(loader, None, stream, SkipReport(split=data.train_split_name),
-                            rows.num_rows, rows.fingerprint, rows_key)
+        report = SkipReport(split=data.train_split_name)
+        report.add_left_out(rows.dropped)
+        return TrainBatches(loader, None, stream, report, rows.num_rows, rows.fingerprint, rows_key)
     prepared = once_per_node(accelerator, lambda: prepare_split(
         rows, featurizer, filters, cache_root(src), src.preprocessing_num_workers,
         cache_key(processor, data, config.eval.eval_normalizer), max_rows=data.max_train_samples))
+    prepared.report.add_left_out(rows.dropped)
     if len(prepared) < batch_size * accelerator.num_processes:
         raise UserError(
             f"{rows.name}: only {len(prepared)} usable training clips, fewer than one global batch "
@@ -461,10 +468,11 @@ def build_eval_set(config, processor, accelerator, split: str, max_samples: int 
                                   num_processes=accelerator.num_processes)
         loader = make_loader(stream, None, loader_workers(data, True, accelerator), pin)
         per_process = math.ceil(known / accelerator.num_processes) if known else None
-        return EvalSet(split, loader, True, None, known, per_process)
+        return EvalSet(split, loader, True, None, known, per_process, left_out=rows.dropped)
     prepared = once_per_node(accelerator, lambda: prepare_split(
         rows, featurizer, eval_filters(processor), cache_root(src), src.preprocessing_num_workers,
         cache_key(processor, data, config.eval.eval_normalizer), max_rows=max_samples))
+    prepared.report.add_left_out(rows.dropped)
     if len(prepared) == 0:
         raise UserError(f"{rows.name}: no usable evaluation clips ({prepared.report.summary()})")
     batches = eval_batches(prepared.durations(), batch_size, accelerator.num_processes,

@@ -145,6 +145,29 @@ def once_per_node(accelerator, prepare):
     return result
 
 
+def on_main_process(accelerator, action, share_result: bool = False):
+    """Run ``action`` on the main process only; a UserError it raises is raised on every process
+    (the others would otherwise wait for the main process forever). With ``share_result`` every
+    process gets the result; otherwise the others get None."""
+    result, message = None, None
+    if accelerator.is_main_process:
+        try:
+            result = action()
+        except UserError as err:
+            message = str(err)
+    if accelerator.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        holder = [message, result if share_result else None]
+        broadcast_object_list(holder, from_process=0)
+        message = holder[0]
+        if share_result:
+            result = holder[1]
+    if message is not None:
+        raise UserError(message)
+    return result
+
+
 def check_shared_output_dir(accelerator, output_dir: str) -> None:
     """Every process must see the files the main process writes in ``output_dir``: checkpoints
     are completed by the main process with files written by every rank, and every rank resumes

@@ -119,6 +119,7 @@ def evaluate(model, eval_set: EvalSet, tokenizer, settings: GenerationSettings, 
     if eval_set.streaming:  # what the stream skipped this time, summed over processes
         reports = gather_object([stream_report]) if accelerator.num_processes > 1 else [stream_report]
         eval_set.report = SkipReport(split=eval_set.split)
+        eval_set.report.add_left_out(eval_set.left_out)
         for report in reports:
             eval_set.report.merge(report)
     result: dict[str, Any] = {}

@@ -47,6 +47,13 @@ class SkipReport:
         if detail and len(self.examples) < 3:
             self.examples.append(detail)
 
+    def add_left_out(self, dropped: dict[str, list[str]]) -> None:
+        """Count manifest rows left out before their audio was read (RowSource.dropped)."""
+        for reason, details in dropped.items():
+            self.rows += len(details)
+            for detail in details:
+                self.add(reason, detail)
+
     def merge(self, other: "SkipReport") -> None:
         self.rows += other.rows
         self.skipped.update(other.skipped)
@@ -55,7 +62,7 @@ class SkipReport:
     def summary(self) -> str:
         if not self.skipped:
             return f"{self.split}: {self.rows:,} clips, none skipped"
-        reasons = ", ".join(f"{count:,} {reason}" for reason, count in self.skipped.most_common())
+        reasons = ", ".join(f"{count:,} {reason}" for reason, count in self.skipped.most_common() if count)
         text = (f"{self.split}: {self.rows:,} clips, {self.used:,} used, "
                 f"{sum(self.skipped.values()):,} skipped ({reasons})")
         if self.examples:

@@ -24,9 +24,10 @@ from .collator import IGNORE_INDEX
 from .config import TrainConfig
 from .data import EvalSet, TrainBatches
 from .features import SkipReport
+from .errors import UserError
 from .evaluation import GenerationSettings, evaluate
 from .logger import RunLogger, format_duration, progress_bar
-from .precision import fp16_scale, loss_scale, update_was_skipped
+from .precision import loss_scale, step_unless_nonfinite
 from .schedule import LRSchedule
 
 
@@ -55,11 +56,7 @@ class Run:
     start_step: int = 0  # where this process started (after a resume), for the ETA
     seconds_this_run: float = 0.0  # training time since start_step
     reported_skips: int = 0  # streaming: skipped rows already reported
-    skipped_steps: torch.Tensor | None = None  # fp16 updates skipped, counted on the device
-
-    def __post_init__(self):
-        if self.skipped_steps is None:
-            self.skipped_steps = torch.tensor(self.state.skipped_steps, device=self.accelerator.device)
+    nonfinite_streak: int = 0  # consecutive steps whose update was skipped
 
 
 def train(run: Run) -> bool:
@@ -73,13 +70,16 @@ def train(run: Run) -> bool:
     window = LogWindow(accelerator.device)
     bar = progress_bar(max_steps, "train", enabled=accelerator.is_main_process, initial=state.step, unit="step")
     last_eval_seconds = 0.0
+    eval_due = save_due = False
     while state.step < max_steps:
         micro_batches = [next(run.train_batches) for _ in range(accumulation)]
         learning_rate = run.optimizer.param_groups[0]["lr"]
         loss_sum, tokens, grad_norm, skipped = optimizer_step(run, micro_batches)
 
         state.step += 1
-        run.skipped_steps += skipped  # on the device: read when logging and saving
+        state.skipped_steps += skipped
+        run.nonfinite_streak = run.nonfinite_streak + 1 if skipped else 0
+        diverged = run.nonfinite_streak >= cfg.training.max_nonfinite_steps
         state.epoch, state.batches_in_epoch = run.train_batches.epoch, run.train_batches.batches_done
         samples = sum(len(batch["ids"]) for batch in micro_batches) * accelerator.num_processes
         state.samples_seen += samples
@@ -88,30 +88,55 @@ def train(run: Run) -> bool:
             log_sample_ids(run, micro_batches)
         bar.update(1)
 
-        if state.step % cfg.training.logging_steps == 0 or state.step == max_steps:
+        if state.step % cfg.training.logging_steps == 0 or state.step == max_steps or diverged:
             seconds = window.seconds()
             state.train_seconds += seconds
             run.seconds_this_run += seconds
             log_training(run, window, learning_rate, grad_norm, max_steps, last_eval_seconds)
             window = LogWindow(accelerator.device)
+        if diverged:
+            raise_diverged(run, learning_rate)
 
+        # Evaluations and checkpoints that fall due while updates are being skipped wait for the
+        # next applied update: the weights that produced a NaN gradient are never "best" or
+        # "latest".
+        eval_due = eval_due or (_due(state.step, cfg.eval.eval_steps, max_steps) and run.eval_set is not None)
+        save_due = save_due or _due(state.step, cfg.checkpoint.save_steps, max_steps)
+        healthy = run.nonfinite_streak == 0
         new_best = False
-        if _due(state.step, cfg.eval.eval_steps, max_steps) and run.eval_set is not None:
+        if eval_due and healthy:
             window.pause()
             result = run_evaluation(run, run.eval_set, prefix="eval")
             last_eval_seconds = result["seconds"]
             new_best = track_best(run, result)
+            eval_due = False
             window.resume()
         stopping = run.stop_requested()
-        if _due(state.step, cfg.checkpoint.save_steps, max_steps) or new_best or stopping:
+        if (save_due or new_best or stopping) and healthy:
             window.pause()
             save(run)
+            save_due = False
             window.resume()
         if stopping:
             bar.close()
             return False
     bar.close()
     return True
+
+
+def raise_diverged(run: Run, learning_rate: float) -> None:
+    """Stop after --max_nonfinite_steps skipped updates in a row: the run is not recovering."""
+    from .checkpoint import complete_checkpoints
+
+    state, streak = run.state, run.nonfinite_streak
+    found = complete_checkpoints(run.config.training.output_dir)
+    latest = (f"the newest checkpoint, {os.path.basename(found[-1][1])}, is from before (nothing was "
+              "saved since)") if found else "no checkpoint was saved"
+    raise UserError(
+        f"stopped at step {state.step}: the last {streak} steps had NaN or infinite gradients (their "
+        f"updates were skipped; the last applied update was at step {state.step - streak}); {latest}. "
+        f"Lower --learning_rate (it was {learning_rate:.3g} at that step) or --max_grad_norm, then "
+        "resume with --resume_from latest (--max_nonfinite_steps sets how many such steps are tolerated)")
 
 
 def log_sample_ids(run: Run, micro_batches: list[dict[str, Any]]) -> None:
@@ -140,11 +165,9 @@ def optimizer_step(run: Run, micro_batches: list[dict[str, Any]]):
         loss_sum += batch_loss.detach()
     max_norm = run.config.training.max_grad_norm or math.inf  # 0: report the norm, do not clip
     grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_norm)
-    scale_before = fp16_scale(accelerator)
-    run.optimizer.step()
-    # fp16: the loss scaler skips the update when a gradient overflowed (and lowers its scale).
-    # The step still counts: its batch was consumed and the schedule moves on (see README).
-    skipped = update_was_skipped(accelerator, run.optimizer, scale_before)
+    # A NaN/inf gradient (an fp16 overflow, or a diverging run) skips the update. The step still
+    # counts: its batch was consumed and the schedule moves on (see README).
+    skipped = step_unless_nonfinite(accelerator, run.optimizer, grad_norm)
     run.scheduler.step()
     run.optimizer.zero_grad(set_to_none=True)
     return loss_sum, step_tokens, grad_norm, skipped
@@ -218,7 +241,6 @@ def log_training(run: Run, window: LogWindow, learning_rate: float, grad_norm: t
         "eta_seconds": round(eta, 1),
     }
     scale = loss_scale(accelerator, run.optimizer)
-    state.skipped_steps = int(run.skipped_steps)
     record["skipped_steps"] = state.skipped_steps
     if scale is not None:
         record["loss_scale"] = scale
@@ -311,7 +333,6 @@ def track_best(run: Run, result: dict[str, Any]) -> bool:
 def save(run: Run) -> str:
     cfg, state, accelerator = run.config, run.state, run.accelerator
     state.skipped = dict(run.train_batches.report.skipped) if run.train_batches.stream else {}
-    state.skipped_steps = int(run.skipped_steps)
     started = time.perf_counter()
     path = save_checkpoint(accelerator, cfg.training.output_dir, state, run.model, run.processor,
                            cfg.to_flat_dict(), run.manifest, run.train_batches.state_dict(),

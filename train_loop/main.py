@@ -26,12 +26,12 @@ if __package__ in (None, ""):
 
 
 from train_loop.checkpoint import (STATE_FILE, TrainerState, incomplete_checkpoints, resolve_resume,
-                                   run_manifest, save_model_folder)
+                                   run_manifest, save_final_model)
 from train_loop.config import TrainConfig, parse_train_config
 from train_loop.data import build_eval_set, build_train_batches, steps_for_epochs
 from train_loop.distributed import (accelerator_kwargs, check_shared_output_dir, fill_deepspeed_config,
-                                    load_whole_model, optimizer_offloaded, reset_accelerator_settings,
-                                    uses_deepspeed, zero_stage)
+                                    load_whole_model, on_main_process, optimizer_offloaded,
+                                    reset_accelerator_settings, uses_deepspeed, zero_stage)
 from train_loop.errors import UserError
 from train_loop.evaluation import GenerationSettings
 from train_loop.logger import RunLogger, make_line_buffered, quiet_library_output
@@ -40,43 +40,76 @@ from train_loop.model import load_model, load_processor
 from train_loop.optim import build_optimizer
 from train_loop.precision import (check_precision_supported, frozen_weights_fp32,
                                   full_precision_state_dict, model_input_dtype)
-from train_loop.preemption import StopOnSignal
+from train_loop.preemption import EXIT_INTERRUPTED, EXIT_STOPPED, StopOnSignal, StoppedBeforeTraining
 from train_loop.report import format_wer_table, write_results
 from train_loop.resume import describe, resume, run_layout
+from train_loop.rundir import claim_output_dir
 from train_loop.schedule import LRSchedule, make_scheduler, restore_schedule
 from train_loop.sources import has_split
 from train_loop.text import get_normalizer
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Exit status: 0 trained to the end; 2 a problem to fix (the message says what); 75 stopped
+    by SIGTERM/SIGINT, resumable with --resume_from latest; 130 a second Ctrl-C."""
     make_line_buffered()
     quiet_library_output()
     try:
         config = parse_train_config(argv)
-        run(config, list(sys.argv[1:] if argv is None else argv))
+        return run(config, list(sys.argv[1:] if argv is None else argv))
     except UserError as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         return 2
-    return 0
+    except StoppedBeforeTraining as stop:
+        print(f"{stop.signal_name} received before training started: stopped (nothing to save; prepared "
+              "features are cached for the next start)", file=sys.stderr, flush=True)
+        return EXIT_STOPPED
+    except KeyboardInterrupt:
+        print("stopped at once (second Ctrl-C), without a new checkpoint; an unfinished one is removed at "
+              "the next start. Continue with the same command plus --resume_from latest",
+              file=sys.stderr, flush=True)
+        return EXIT_INTERRUPTED
 
 
-def run(config: TrainConfig, argv: list[str]) -> None:
-    output_dir = config.training.output_dir
-
-    # 1. Processes, precision, trackers.
+def run(config: TrainConfig, argv: list[str]) -> int:
+    """Train; return 0 when done, EXIT_STOPPED when a signal stopped the run (checkpoint saved)."""
+    # 1. Processes, precision, trackers; the output folder becomes this run's (locked); signals.
     accelerator = build_accelerator(config)
     check_precision_supported(accelerator)
+    stop_signal = StopOnSignal(accelerator)
+    lock = None
+    try:
+        lock = on_main_process(accelerator, lambda: claim_output_dir(
+            config.training.output_dir, resuming=bool(config.checkpoint.resume_from),
+            overwrite=config.training.overwrite_output_dir))
+        return _run(config, argv, accelerator, lock, stop_signal)
+    finally:
+        stop_signal.restore()
+        if lock is not None:
+            lock.release()
+
+
+def _run(config: TrainConfig, argv: list[str], accelerator, lock, stop_signal: StopOnSignal) -> int:
+    output_dir = config.training.output_dir
     check_shared_output_dir(accelerator, output_dir)
     from accelerate.utils import set_seed
 
     set_seed(config.training.seed)
-    resume_path = (resolve_resume(output_dir, config.checkpoint.resume_from)
-                   if config.checkpoint.resume_from else None)
+    resume_path, resume_notes = None, []
+    if config.checkpoint.resume_from:  # the main process reads the checkpoint's files once for everyone
+        resume_path, resume_notes = on_main_process(
+            accelerator, lambda: resolve_resume(output_dir, config.checkpoint.resume_from), share_result=True)
     resume_step = TrainerState.from_file(os.path.join(resume_path, STATE_FILE)).step if resume_path else None
     logger = RunLogger(output_dir, accelerator.is_main_process, accelerator, resume_step)
     logger.info(f"whisper train_loop | {accelerator.num_processes} process(es) on "
                 f"{accelerator.device.type} | mixed precision {accelerator.mixed_precision} | "
                 f"output {output_dir}")
+    if lock is not None and lock.taken_over:
+        logger.info(f"took over {output_dir}/.run.lock from a run that is no longer running "
+                    f"(pid {lock.taken_over.get('pid')} on {lock.taken_over.get('host')}, started "
+                    f"{lock.taken_over.get('started')})")
+    for note in resume_notes:
+        logger.info(note)
     report_interrupted_saves(accelerator, logger, output_dir)
     if logger.dropped_lines:
         logger.info(f"metrics.jsonl: removed {logger.dropped_lines} lines logged after step "
@@ -147,23 +180,21 @@ def run(config: TrainConfig, argv: list[str]) -> None:
     logger.info(f"training {max_steps} steps of {schedule.kind} schedule, peak lr {schedule.peak:g} "
                 f"at step {schedule.warmup_steps or 1}; global batch "
                 f"{config.training.per_device_train_batch_size * accelerator.num_processes * config.training.gradient_accumulation_steps}")
-    stop_signal = StopOnSignal(accelerator)
     training_run.stop_requested = stop_signal.requested
-    try:
-        completed = train(training_run)
-    finally:
-        stop_signal.restore()
+    stop_signal.training_started()
+    completed = train(training_run)
     if not completed:
         logger.info(f"stopped at step {state.step} ({stop_signal.signal_name}); checkpoint-{state.step} "
                     f"is saved. Continue with the same command plus --resume_from latest")
         accelerator.end_training()
         logger.close()
-        return
+        return EXIT_STOPPED
 
     # 7. Final model (the best one with --load_best_model_at_end) and the test split.
     finish(training_run)
     accelerator.end_training()
     logger.close()
+    return 0
 
 
 def report_interrupted_saves(accelerator, logger, output_dir: str) -> None:
@@ -218,9 +249,8 @@ def finish(run: Run) -> None:
                     f"({cfg.checkpoint.metric_for_best_model} {state.best_metric:.3f})")
     model.config.use_cache = True  # generation speed for whoever loads the model
     weights = full_precision_state_dict(accelerator, run.model, run.frozen_fp32)  # every process takes part
-    if accelerator.is_main_process:
-        save_model_folder(model, output_dir, weights, cfg.checkpoint.save_dtype)
-        run.processor.save_pretrained(output_dir)
+    on_main_process(accelerator, lambda: save_final_model(model, run.processor, output_dir, weights,
+                                                          cfg.checkpoint.save_dtype))
     accelerator.wait_for_everyone()
     logger.info(f"saved the final model to {output_dir} ({cfg.checkpoint.save_dtype} weights; "
                 "from_pretrained / pipeline ready)")

@@ -82,22 +82,27 @@ def loss_scale(accelerator, optimizer) -> float | None:
     return None
 
 
-def fp16_scale(accelerator) -> torch.Tensor | None:
-    """The GradScaler's current scale as a device tensor (no host sync), or None without one."""
+def step_unless_nonfinite(accelerator, optimizer, grad_norm: torch.Tensor) -> bool:
+    """Apply the optimizer step unless a gradient is NaN or infinite; True when it was skipped.
+
+    Whoever owns the update skips it: DeepSpeed (its engine stepped inside the last backward and
+    drops a non-finite update itself), the fp16 GradScaler (which also lowers its scale), or,
+    otherwise, this function (one host sync per step to read the gradient norm). accelerate's
+    ``step_was_skipped`` misses the skips of fused optimizers with a GradScaler (accelerate#4242:
+    their step() runs even when their kernel skips the update), so those are read from the
+    scaler's backoff, which happens exactly when a gradient overflowed."""
+    if uses_deepspeed(accelerator):
+        optimizer.step()  # accelerate's no-op: the engine has stepped
+        return bool(optimizer.step_was_skipped)
     scaler = accelerator.scaler
-    return None if scaler is None or scaler._scale is None else scaler._scale.clone()
-
-
-def update_was_skipped(accelerator, optimizer, scale_before: torch.Tensor | None):
-    """Whether the optimizer step just taken skipped its update: a device tensor with a
-    GradScaler (no host sync), else DeepSpeed's overflow flag.
-
-    accelerate's ``step_was_skipped`` misses the skips of fused optimizers (accelerate#4242:
-    their step() is called even when their kernel skips the update); the scaler's backoff,
-    which happens exactly when a gradient overflowed, does not."""
-    if scale_before is not None:
-        return (accelerator.scaler._scale < scale_before).long()
-    return int(optimizer.step_was_skipped)
+    if scaler is not None:
+        scale_before = scaler._scale.clone()
+        optimizer.step()
+        return bool(scaler._scale < scale_before)
+    if not torch.isfinite(grad_norm):
+        return True
+    optimizer.step()
+    return False
 
 
 def check_precision_supported(accelerator) -> None:

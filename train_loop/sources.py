@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import datasets
@@ -34,6 +35,8 @@ class RowSource:
     rows: datasets.Dataset | datasets.IterableDataset
     fingerprint: str
     num_rows: int | None  # known for local folders and prepared Hub splits; None when unknown
+    # Manifest rows left out before any audio is read: reason -> ["file line N: ...", ...]
+    dropped: dict[str, list[str]] = field(default_factory=dict)
 
 
 def split_names(split: str) -> list[str]:
@@ -50,10 +53,14 @@ def load_rows(source: SourceConfig, split: str, streaming: bool = False) -> RowS
         return parts[0]
     rows = datasets.concatenate_datasets([part.rows for part in parts])
     sizes = [part.num_rows for part in parts]
+    dropped: dict[str, list[str]] = {}
+    for part in parts:
+        for reason, lines in part.dropped.items():
+            dropped.setdefault(reason, []).extend(lines)
     return RowSource(
         name=" + ".join(part.name for part in parts), split=split, rows=rows,
         fingerprint=content_hash(*(part.fingerprint for part in parts)),
-        num_rows=None if None in sizes else sum(sizes))
+        num_rows=None if None in sizes else sum(sizes), dropped=dropped)
 
 
 def has_split(source: SourceConfig, split: str) -> bool:
@@ -109,29 +116,88 @@ def _load_local(source: SourceConfig, split: str, streaming: bool) -> RowSource:
             f"(audiofolder) or {split}.tsv with clips/ (Common Voice); fix the split flag "
             f"or the folder")
     kind, manifest = layout
-    if kind == "audiofolder":
-        ids, audio, text = _read_audiofolder(manifest, split, source.text_column_name)
-    else:
-        ids, audio, text = _read_common_voice(manifest, data_dir, split, source.text_column_name)
-    if not ids:
+    if kind == "audiofolder":  # {split}/metadata.csv, audio beside it
+        delimiter, audio_column, audio_root = ",", "file_name", os.path.dirname(manifest)
+    else:  # Common Voice: {split}.tsv, audio in clips/
+        delimiter, audio_column, audio_root = "\t", "path", os.path.join(data_dir, "clips")
+        if not os.path.isdir(audio_root):
+            raise UserError(f"{manifest} is a Common Voice manifest but {audio_root} does not exist; "
+                            "--data_dir must be the release folder holding clips/ and the .tsv files")
+    rows = _read_manifest(manifest, delimiter, audio_column, source.text_column_name)
+    if not rows.kept:
         raise UserError(f"{manifest} lists no clips")
-    if len(set(ids)) != len(ids):
-        raise UserError(f"{manifest}: the same audio file is listed twice; each row must be unique")
+    ids = [f"{split}/{row[audio_column]}" for row in rows.kept]
+    audio = [os.path.join(audio_root, row[audio_column]) for row in rows.kept]
+    text = [row[source.text_column_name] or "" for row in rows.kept]
     table = datasets.Dataset.from_dict({"id": ids, "audio": audio, "text": text})
     fingerprint = content_hash(os.path.abspath(manifest), _file_digest(manifest), _stat_digest(audio))
     # Streaming a local folder keeps this table of references in memory (it is small) and
     # decodes the audio in DataLoader workers; the table lets a resume seek to any row.
     return RowSource(name=manifest, split=split, rows=table, fingerprint=fingerprint,
-                     num_rows=len(ids))
+                     num_rows=len(ids), dropped=rows.dropped)
 
 
-def _read_table(path: str, delimiter: str) -> tuple[list[str], list[dict[str, str]]]:
-    with open(path, encoding="utf-8", newline="") as handle:
-        # Common Voice TSVs are not quoted: a sentence may contain a lone quote character.
-        quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
-        reader = csv.DictReader(handle, delimiter=delimiter, quoting=quoting)
-        rows = list(reader)
-        return list(reader.fieldnames or []), rows
+MALFORMED_ROW = "malformed manifest row"
+DUPLICATE_ROW = "duplicate manifest row"
+
+
+@dataclass
+class ManifestRows:
+    kept: list[dict[str, str]]
+    dropped: dict[str, list[str]]  # reason -> ["metadata.csv line 7: ...", ...]
+
+
+def _read_manifest(path: str, delimiter: str, audio_column: str, text_column: str) -> ManifestRows:
+    """The rows of a metadata.csv / Common Voice TSV that users may have edited by hand.
+
+    UTF-8 with or without a BOM; another encoding is an error naming the line and the fix. A row
+    with more or fewer fields than the header is left out and counted (file and line); so is a
+    second row for an audio file with the same transcript, while a second row that transcribes
+    it differently is an error (which transcript is right cannot be guessed)."""
+    columns, records = _read_table(path, delimiter)
+    _require_columns(path, columns, {audio_column: "", text_column: "--text_column_name"})
+    name = os.path.basename(path)
+    kept: list[dict[str, str]] = []
+    dropped: dict[str, list[str]] = {}
+    first_line: dict[str, tuple[int, str]] = {}
+    for line, row in records:
+        fields = sum(value is not None for key, value in row.items() if key is not None) + len(row.get(None) or [])
+        if fields != len(columns):
+            dropped.setdefault(MALFORMED_ROW, []).append(
+                f"{name} line {line}: {fields} fields, the header has {len(columns)}")
+            continue
+        clip = row[audio_column]
+        if clip in first_line:
+            earlier, earlier_text = first_line[clip]
+            if earlier_text != row[text_column]:
+                raise UserError(f"{path}: line {line} lists {clip} again (first on line {earlier}) with "
+                                "another transcript; keep the one row that is right")
+            dropped.setdefault(DUPLICATE_ROW, []).append(f"{name} line {line}: {clip} repeats line {earlier}")
+            continue
+        first_line[clip] = (line, row[text_column])
+        kept.append(row)
+    return ManifestRows(kept, dropped)
+
+
+def _read_table(path: str, delimiter: str) -> tuple[list[str], list[tuple[int, dict]]]:
+    """(header, [(line number, row)]) of a delimited UTF-8 file (a BOM is accepted)."""
+    with open(path, "rb") as handle:
+        data = handle.read()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data[:err.start].count(b"\n") + 1
+        raise UserError(
+            f"{path} is not UTF-8 text (line {line}, byte 0x{data[err.start]:02x}). Save it as UTF-8, "
+            f"e.g. `iconv -f CP1251 -t UTF-8 {path} > fixed && mv fixed {path}` if it was written "
+            "in Windows' Cyrillic encoding") from None
+    # Common Voice TSVs are not quoted: a sentence may contain a lone quote character.
+    quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter, quoting=quoting)
+    records = []
+    for row in reader:
+        records.append((reader.line_num, row))
+    return list(reader.fieldnames or []), records
 
 
 def _require_columns(path: str, found: list[str], needed: dict[str, str]) -> None:
@@ -139,29 +205,6 @@ def _require_columns(path: str, found: list[str], needed: dict[str, str]) -> Non
         if column not in found:
             fix = f"pass {flag} with one of: {', '.join(found)}" if flag else "add that column"
             raise UserError(f"{path} has no column '{column}' (columns: {', '.join(found) or 'none'}); {fix}")
-
-
-def _read_audiofolder(manifest: str, split: str, text_column: str):
-    columns, rows = _read_table(manifest, ",")
-    _require_columns(manifest, columns, {"file_name": "", text_column: "--text_column_name"})
-    folder = os.path.dirname(manifest)
-    ids = [f"{split}/{row['file_name']}" for row in rows]
-    audio = [os.path.join(folder, row["file_name"]) for row in rows]
-    text = [row[text_column] or "" for row in rows]
-    return ids, audio, text
-
-
-def _read_common_voice(manifest: str, data_dir: str, split: str, text_column: str):
-    columns, rows = _read_table(manifest, "\t")
-    _require_columns(manifest, columns, {"path": "", text_column: "--text_column_name"})
-    clips = os.path.join(data_dir, "clips")
-    if not os.path.isdir(clips):
-        raise UserError(f"{manifest} is a Common Voice manifest but {clips} does not exist; "
-                        "--data_dir must be the release folder holding clips/ and the .tsv files")
-    ids = [f"{split}/{row['path']}" for row in rows]
-    audio = [os.path.join(clips, row["path"]) for row in rows]
-    text = [row[text_column] or "" for row in rows]
-    return ids, audio, text
 
 
 # --------------------------------------------------------------------------------------------

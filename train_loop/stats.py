@@ -53,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr, flush=True)
+        return 130
     return 0
 
 
@@ -98,6 +101,7 @@ class _Prepared:
         prepared = prepare_split(rows, self.featurizer, everything, cache_root(self.source),
                                  self.source.preprocessing_num_workers, self.key)
         table = prepared.table.with_format(None).select_columns(["skip_reason", "duration", "label_tokens"])
+        prepared.report.add_left_out(rows.dropped)
         return table.to_dict(), prepared.report, self.filters
 
 
@@ -129,6 +133,7 @@ class _DecodedOnly:
             if reason:
                 report.add(reason, detail)
         meta["label_tokens"] = None
+        report.add_left_out(rows.dropped)
         return meta, report, self.filters
 
 
@@ -158,7 +163,7 @@ def _describe(split: str, name: str, meta: dict, report, filters) -> str:
     decodable = [i for i, reason in enumerate(meta["skip_reason"]) if reason in ("", SKIP_OVER_WINDOW)]
     durations = np.asarray(meta["duration"], dtype=np.float64)[decodable]
     lines = [f"{split} ({name})",
-             f"  clips: {len(meta['skip_reason']):,} listed, {len(decodable):,} decodable with a transcript, "
+             f"  clips: {report.rows:,} listed, {len(decodable):,} decodable with a transcript, "
              f"{durations.sum() / 3600:.2f} hours"]
     labels = None if meta["label_tokens"] is None else np.asarray(meta["label_tokens"], dtype=np.int64)[decodable]
     if len(decodable):

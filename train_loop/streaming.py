@@ -193,7 +193,8 @@ class StreamingBatches(IterableDataset):
             batch["skipped"] = _report(len(examples), skipped, details)
             yield batch
         else:
-            skipped[SKIP_EPOCH_REMAINDER] += len(examples)
+            if examples:
+                skipped[SKIP_EPOCH_REMAINDER] += len(examples)
             if sum(skipped.values()):
                 # No batch left to yield, but the rows read since the last one must be counted.
                 yield {"skipped": _report(0, skipped, details), "ids": []}

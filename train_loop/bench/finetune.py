@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work_dir", default=None, help="data and the run (default: a temp dir)")
     parser.add_argument("--speech_builder", default=os.path.normpath(DEFAULT_BUILDER),
                         help="make_be_speech.py (default: ../shared/fixtures/make_be_speech.py)")
-    parser.add_argument("--train", type=int, default=600, help="training clips (default 600)")
+    parser.add_argument("--train", type=int, default=2400, help="training clips (default 2400: each seen once)")
     parser.add_argument("--test", type=int, default=80, help="held-out clips scored before and after (default 80)")
     parser.add_argument("--steps", type=int, default=300, help="optimizer steps (default 300)")
     parser.add_argument("--batch_size", type=int, default=8, help="clips per step (default 8)")
