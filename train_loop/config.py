@@ -157,6 +157,10 @@ class TrainingConfig:
         "gradients were NaN or infinite; each such step's update is skipped and counted "
         "(skipped_steps), so an isolated one does no harm.")
     seed: int = flag(42, "Seed for initialization, data order and dropout.")
+    deterministic: bool = flag(
+        False, "Only deterministic kernels (torch.use_deterministic_algorithms): two runs with the same "
+        "flags then agree bit for bit also with several CPU threads or on a GPU. Without it the "
+        "embedding backward (several CPU threads) and atomic adds (GPU) vary in the last bits.")
     logging_steps: int = flag(25, "Print and record training metrics every N optimizer steps.")
     report_to: str = flag("tensorboard", "Experiment tracker.", ("tensorboard", "none"))
     log_sample_ids: bool = flag(

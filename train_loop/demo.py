@@ -122,7 +122,7 @@ def training_args(data_dir: str, model_dir: str, output_dir: str, steps: int, ca
         "--save_total_limit", "1", "--eval_at_start", "--per_device_eval_batch_size", "40",
         "--generation_max_length", "40", "--preprocessing_num_workers", "2",
         "--dataloader_num_workers", "1", "--max_duration_in_seconds", "4",
-        "--load_best_model_at_end", "--seed", "0",
+        "--load_best_model_at_end", "--seed", "0", "--deterministic",
     ]
 
 

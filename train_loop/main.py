@@ -74,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
 def run(config: TrainConfig, argv: list[str]) -> int:
     """Train; return 0 when done, EXIT_STOPPED when a signal stopped the run (checkpoint saved)."""
     # 1. Processes, precision, trackers; the output folder becomes this run's (locked); signals.
+    deterministic_before = use_deterministic_kernels(config.training.deterministic)
     accelerator = build_accelerator(config)
     check_precision_supported(accelerator)
     stop_signal = StopOnSignal(accelerator)
@@ -87,6 +88,7 @@ def run(config: TrainConfig, argv: list[str]) -> int:
         stop_signal.restore()
         if lock is not None:
             lock.release()
+        use_deterministic_kernels(deterministic_before)
 
 
 def _run(config: TrainConfig, argv: list[str], accelerator, lock, stop_signal: StopOnSignal) -> int:
@@ -195,6 +197,18 @@ def _run(config: TrainConfig, argv: list[str], accelerator, lock, stop_signal: S
     accelerator.end_training()
     logger.close()
     return 0
+
+
+def use_deterministic_kernels(enabled: bool) -> bool:
+    """Switch torch's deterministic kernels on or off; returns the previous setting (main() may
+    run several times in one process)."""
+    import torch
+
+    before = torch.are_deterministic_algorithms_enabled()
+    if enabled:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # what cuBLAS needs for it
+    torch.use_deterministic_algorithms(enabled, warn_only=True)
+    return before
 
 
 def report_interrupted_saves(accelerator, logger, output_dir: str) -> None:
