@@ -233,15 +233,19 @@ def scenarios(sweep: Sweep):
     S.record("damaged newest checkpoint, resume latest", S.run(S.args(damaged, resume_from="latest", max_steps=3)),
              lambda r: "resumed from" in r.stdout and "checkpoint-1" in r.stdout)
     S.record("damaged checkpoint, resume it by name", S.run(S.args(damaged, resume_from="checkpoint-2", max_steps=3)))
-    state = damaged / "checkpoint-1" / "trainer_state.json"
+    truncated = out("truncated-state")
+    S.run(S.args(truncated, save_steps=1))
+    state = truncated / "checkpoint-2" / "trainer_state.json"
     state.write_text(state.read_text()[:50])
-    S.record("truncated trainer_state.json", S.run(S.args(damaged, resume_from="latest", max_steps=3)))
+    S.record("truncated trainer_state.json, resume latest", S.run(S.args(truncated, resume_from="latest", max_steps=3)),
+             lambda r: "checkpoint-1" in r.stdout)
     other = out("other-layout")
     S.run(S.args(other, save_steps=2))
-    S.record("resume with another batch size", S.run(S.args(other, resume_from="latest", max_steps=3,
+    S.record("resume with another batch size", S.run(S.args(other, resume_from="checkpoint-2", max_steps=3,
                                                             per_device_train_batch_size=4)),
              lambda r: "not an exact continuation" in r.stdout)
-    S.record("resume switching --streaming", S.run(S.args(other, resume_from="latest", max_steps=3, streaming="true")))
+    S.record("resume switching --streaming", S.run(S.args(other, resume_from="checkpoint-2", max_steps=4,
+                                                          streaming="true")))
 
     # ---- signals ----
     for name, sig in [("SIGTERM to the trainer", signal.SIGTERM), ("Ctrl-C to the trainer", signal.SIGINT)]:

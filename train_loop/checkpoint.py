@@ -98,6 +98,17 @@ def complete_checkpoints(output_dir: str) -> list[tuple[int, str]]:
     return sorted(found)
 
 
+def unreadable_checkpoints(output_dir: str) -> list[str]:
+    """Checkpoint folders whose trainer state is there but does not parse (complete_checkpoints
+    leaves them out)."""
+    if not os.path.isdir(output_dir):
+        return []
+    readable = {path for _, path in complete_checkpoints(output_dir)}
+    return sorted(os.path.join(output_dir, name) for name in os.listdir(output_dir)
+                  if _NAME.match(name) and os.path.isfile(os.path.join(output_dir, name, STATE_FILE))
+                  and os.path.join(output_dir, name) not in readable)
+
+
 def incomplete_checkpoints(output_dir: str) -> list[str]:
     if not os.path.isdir(output_dir):
         return []
@@ -147,7 +158,8 @@ def resolve_resume(output_dir: str, resume_from: str) -> tuple[str, list[str]]:
         if not found:
             raise UserError(f"--resume_from latest: no complete checkpoint in {output_dir}; start "
                             "without --resume_from")
-        notes = []
+        notes = [f"{os.path.basename(path)}/{STATE_FILE} cannot be read: not resuming from {os.path.basename(path)}"
+                 for path in unreadable_checkpoints(output_dir)]
         for _, path in reversed(found):
             problem = checkpoint_problem(path)
             if problem is None:

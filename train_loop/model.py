@@ -25,8 +25,14 @@ def load_processor(name_or_path: str, language: str, task: str):
         processor = WhisperProcessor.from_pretrained(name_or_path)
     except Exception as err:
         raise UserError(_load_hint(name_or_path, "processor", err)) from None
+    tokenizer = processor.tokenizer
+    start = tokenizer.convert_tokens_to_ids("<|startoftranscript|>")
+    if start is None or start == tokenizer.unk_token_id:
+        # transformers builds an empty tokenizer from a folder without tokenizer files.
+        raise UserError(f"--model_name_or_path {name_or_path}: no Whisper tokenizer there (tokenizer.json, "
+                        "tokenizer_config.json); copy those files from the model it was trained from")
     try:
-        processor.tokenizer.set_prefix_tokens(language=language, task=task, predict_timestamps=False)
+        tokenizer.set_prefix_tokens(language=language, task=task, predict_timestamps=False)
     except ValueError as err:
         raise UserError(f"--language {language}: {err}") from None
     return processor

@@ -103,7 +103,7 @@ def place_data(batches: TrainBatches, state: TrainerState, saved: dict[str, Any]
                    if key in saved and saved[key] != current[key]}
     described = "; ".join(f"{LAYOUT_FLAGS[key]} {old} -> {new}" for key, (old, new) in differences.items())
     wrong = []
-    if saved.get("train_rows") and saved["train_rows"] != current["train_rows"]:
+    if "streaming" not in differences and saved.get("train_rows") and saved["train_rows"] != current["train_rows"]:
         wrong.append("the training rows differ from the checkpoint's (other data, filters or "
                      "--max_train_samples)")
     if "streaming" in differences:

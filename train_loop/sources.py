@@ -101,7 +101,8 @@ def _local_layout(data_dir: str, split: str) -> tuple[str, str] | None:
 def _load_local(source: SourceConfig, split: str, streaming: bool) -> RowSource:
     data_dir = source.data_dir
     if not os.path.isdir(data_dir):
-        raise UserError(f"--data_dir {data_dir}: no such folder")
+        what = "a file, not a folder" if os.path.exists(data_dir) else "no such folder"
+        raise UserError(f"--data_dir {data_dir}: {what}")
     layout = _local_layout(data_dir, split)
     if layout is None:
         languages = sorted(name for name in os.listdir(data_dir)
