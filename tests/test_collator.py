@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from train_loop.collator import IGNORE_INDEX, SpeechCollator
-from train_loop.data import collator_for, featurizer_for
+from train_loop.data import collator_for
+from train_loop.prepared import featurizer_for
 from train_loop.config import DataConfig
 from conftest import tone
 

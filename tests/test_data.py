@@ -3,8 +3,9 @@ import pytest
 
 from train_loop.config import DataConfig, SourceConfig
 from train_loop.streaming import RowShards, StreamingBatches
-from train_loop.data import (ShardedBatchSampler, collator_for, eval_batches,
-                             featurizer_for, prepare_split)
+from train_loop.data import collator_for
+from train_loop.prepared import featurizer_for, prepare_split
+from train_loop.samplers import ShardedBatchSampler, eval_batches
 from train_loop.features import (SKIP_EMPTY_TEXT, SKIP_LABEL_TOO_LONG, SKIP_OVER_WINDOW,
                                  SKIP_TOO_SHORT, SKIP_UNREADABLE, Filters)
 from train_loop.sources import load_rows
@@ -106,7 +107,8 @@ def test_eval_batches_cover_every_clip_once_longest_first_with_equal_counts():
 
 
 def _stream_batches(rows, processor, workers: int):
-    from train_loop.data import SkipReport, TrainBatches, make_loader
+    from train_loop.features import SkipReport
+    from train_loop.loaders import TrainBatches, make_loader
 
     stream = StreamingBatches(RowShards(rows.rows), featurizer_for(processor, DataConfig(), "belarusian"),
                               Filters(max_seconds=2.0), collator_for(processor), batch_size=3,

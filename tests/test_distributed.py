@@ -66,16 +66,22 @@ def assert_same_numbers(out, reference, exact_weights_atol=1e-5):
         torch.testing.assert_close(mine[name], tensor, rtol=0, atol=exact_weights_atol)
 
 
-def test_two_processes_equal_one_process_with_the_global_batch(tiny_model_dir, data, single, tmp_path):
+@pytest.mark.parametrize("batch, accumulation", [pytest.param(2, 1, marks=pytest.mark.slow), (1, 2)])
+def test_two_processes_equal_one_process_with_the_global_batch(tiny_model_dir, data, single, tmp_path,
+                                                               batch, accumulation):
+    """2 processes x batch 2, and 2 processes x batch 1 x 2 accumulation steps (DDP syncs only
+    the last micro-batch's gradients), give the numbers of 1 process x batch 4."""
     out = tmp_path / "ddp"
     result = launch("launch/accelerate/multi_gpu.yaml",
-                    train_args(tiny_model_dir, data, out, tmp_path / "cache", **RUN))
+                    train_args(tiny_model_dir, data, out, tmp_path / "cache",
+                               **{**RUN, "per_device_train_batch_size": batch,
+                                  "gradient_accumulation_steps": accumulation}))
     assert "2 process(es) on cpu" in result.stdout
     assert result.stdout.count("step 1/4") == 1  # one process logs
     assert_same_numbers(out, single)
 
 
-@pytest.mark.parametrize("stage", ["zero2", "zero3"])
+@pytest.mark.parametrize("stage", ["zero2", pytest.param("zero3", marks=pytest.mark.slow)])  # zero3: bf16 test
 def test_deepspeed_gives_the_numbers_of_one_process(tiny_model_dir, data, single, tmp_path, stage):
     out = tmp_path / stage
     launch(f"launch/accelerate/deepspeed_{stage}.yaml",
@@ -88,11 +94,13 @@ def test_deepspeed_gives_the_numbers_of_one_process(tiny_model_dir, data, single
     WhisperForConditionalGeneration.from_pretrained(out / "checkpoint-2")
 
 
-def test_zero2_with_accumulation_equals_one_process_with_the_global_batch(tiny_model_dir, data, single, tmp_path):
-    """2 processes x batch 1 x 2 accumulation steps under ZeRO-2 = 1 process x batch 4: DeepSpeed
+@pytest.mark.parametrize("stage", ["zero2", pytest.param("zero3", marks=pytest.mark.slow)])
+def test_zero_with_accumulation_equals_one_process_with_the_global_batch(tiny_model_dir, data, single, tmp_path,
+                                                                         stage):
+    """2 processes x batch 1 x 2 accumulation steps under ZeRO = 1 process x batch 4: DeepSpeed
     accumulates and averages itself, and the loss is still normalized by the whole step's tokens."""
-    out = tmp_path / "zero2-accumulation"
-    launch("launch/accelerate/deepspeed_zero2.yaml",
+    out = tmp_path / f"{stage}-accumulation"
+    launch(f"launch/accelerate/deepspeed_{stage}.yaml",
            train_args(tiny_model_dir, data, out, tmp_path / "cache",
                       **{**RUN, "per_device_train_batch_size": 1, "gradient_accumulation_steps": 2}))
     assert_same_numbers(out, single, exact_weights_atol=1e-5)

@@ -452,6 +452,29 @@ def test_sigterm_to_a_launcher_stops_every_process_with_a_checkpoint(tiny_model_
     assert resumed.returncode == 0, resumed.stderr[-2000:]
 
 
+def test_sigterm_to_one_trainer_of_two_stops_both_after_the_same_step(tiny_model_dir, data, tmp_path):
+    """The stop vote: a signal that reaches one rank only (rank 1 here) stops every rank after the
+    same step, with one checkpoint holding every rank's data position."""
+    out = tmp_path / "run"
+    command, env = launch_command("launch/accelerate/multi_gpu.yaml",
+                                  train_args(tiny_model_dir, data, out, tmp_path / "c", **SIGNAL_RUN), processes=2)
+    env["TORCH_ELASTIC_SHUTDOWN_TIMEOUT"] = "120"
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True, start_new_session=True)
+    before = _wait_for_line(process, "step 3/")
+    trainers = _descendants(process.pid)
+    rank_1 = [pid for pid in trainers if b"LOCAL_RANK=1" in open(f"/proc/{pid}/environ", "rb").read().split(b"\0")]
+    assert rank_1, trainers
+    os.kill(rank_1[0], signal.SIGTERM)
+    output = before + process.communicate(timeout=300)[0]
+    _wait_gone(trainers)
+    step = _stopped_checkpoint(out, processes=2)
+    assert f"stopped at step {step} (SIGTERM); checkpoint-{step} is saved" in output, output[-3000:]
+    # The launcher got no signal itself, so it reports its workers' exit as a failure (with its
+    # own traceback, see the README); the status it reports is the resumable one.
+    assert "exitcode  : 75" in output
+
+
 # --------------------------------------------------------------------------------------------
 # 7. Nonsense values
 # --------------------------------------------------------------------------------------------

@@ -47,7 +47,7 @@ def test_audiofolder_rows(tmp_path):
 
 
 def test_common_voice_release_folder_loads_and_decodes_mp3(tmp_path, processor):
-    from train_loop.data import featurizer_for
+    from train_loop.prepared import featurizer_for
     from train_loop.config import DataConfig
 
     root = write_common_voice(tmp_path / "cv", {"train": SENTENCES[:2], "dev": SENTENCES[2:4]})
@@ -115,7 +115,7 @@ def test_hub_dataset_path_reads_audio_bytes_without_torchcodec(tmp_path, process
     """--dataset_name goes through datasets.load_dataset; a local folder of parquet shards
     stands in for the Hub here. Audio stays undecoded bytes until our decoder reads it."""
     from train_loop.config import DataConfig
-    from train_loop.data import featurizer_for
+    from train_loop.prepared import featurizer_for
 
     root = write_hub_style_parquet(tmp_path / "hub", {"train": SENTENCES[:3], "test": SENTENCES[3:5]})
     source = SourceConfig(dataset_name=str(root))

@@ -35,12 +35,6 @@ def test_bracketed_words_are_kept_because_they_are_spoken(normalize):
     assert normalize("дом (стары)") == "дом стары"
 
 
-def test_callable_importable_from_documented_path():
-    from train_loop.text import BelarusianTextNormalizer as Imported
-
-    assert Imported()("А,Б") == "а б"
-
-
 def test_training_labels_are_raw_unless_asked(normalize):
     assert prepare_label_text("  Мая сям’я!  ", do_lower_case=False, normalizer=None) == "Мая сям’я!"
     assert prepare_label_text("Мая сям’я!", do_lower_case=True, normalizer=None) == "мая сям’я!"

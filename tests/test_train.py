@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from train_loop import main as train_main
+from train_loop.schedule import LRSchedule
 from conftest import ROOT, train_args
 
 
@@ -32,6 +33,8 @@ def test_loss_decreases_on_a_fixed_batch(tiny_model_dir, dataset_dir, tmp_path):
     rows = metrics(out)
     assert {"step", "loss", "learning_rate", "grad_norm", "samples_per_second", "epoch"} <= set(rows[0])
     assert rows[1]["learning_rate"] == 2e-2  # warmup ends at step 2 exactly on the peak
+    schedule = LRSchedule("linear", 2e-2, warmup_steps=2, total_steps=30)
+    assert [row["learning_rate"] for row in rows] == pytest.approx([schedule(s) for s in range(1, 31)], rel=1e-6)
 
 
 def _final_weights(path):
@@ -143,3 +146,36 @@ def test_adafactor_option_trains(tiny_model_dir, dataset_dir, tmp_path):
     start = load_file(os.path.join(tiny_model_dir, "model.safetensors"))
     final = _final_weights(out)
     assert any(not torch.equal(start[k], final[k]) for k in final)
+
+
+def test_a_new_best_is_saved_between_save_steps_and_a_later_better_one_replaces_it(
+        tiny_model_dir, dataset_dir, tmp_path, monkeypatch, capsys):
+    """Evaluations every step with scripted WERs 50, 40, 45, 30, 35; checkpoints only at the end
+    (--save_steps 0), keeping one: each new best is saved when it is found, replaces the
+    previous best, and --load_best_model_at_end makes it the final model."""
+    from train_loop import loop
+
+    scripted = iter([50.0, 40.0, 45.0, 30.0, 35.0])
+    real_evaluate = loop.evaluate
+
+    def evaluate_with_scripted_wer(*args, **kwargs):
+        return {**real_evaluate(*args, **kwargs), "wer": next(scripted)}
+
+    monkeypatch.setattr(loop, "evaluate", evaluate_with_scripted_wer)
+    out = tmp_path / "run"
+    assert train_main.main(train_args(
+        tiny_model_dir, dataset_dir, out, tmp_path / "cache", max_steps=5, eval_steps=1, save_steps=0,
+        save_total_limit=1, max_eval_samples=2, learning_rate=1e-2, test_split_name="none",
+        load_best_model_at_end="true")) == 0
+    log = capsys.readouterr().out
+    for step, wer in [(1, 50), (2, 40), (4, 30)]:
+        assert f"new best eval_wer {wer:.3f} at step {step}" in log
+        assert f"saved checkpoint-{step}" in log
+    assert "saved checkpoint-3" not in log and "new best eval_wer 35" not in log
+    # Each new best removed the one before; the end keeps the newest and the best.
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-4", "checkpoint-5"]
+    pointer = json.loads((out / "best_checkpoint.json").read_text())
+    assert (pointer["checkpoint"], pointer["step"], pointer["value"]) == ("checkpoint-4", 4, 30.0)
+    final, best, last = _final_weights(out), _final_weights(out / "checkpoint-4"), _final_weights(out / "checkpoint-5")
+    assert all(torch.equal(final[name], best[name]) for name in final)
+    assert any(not torch.equal(final[name], last[name]) for name in final)

@@ -3,7 +3,7 @@
 ``checkpoint-N/`` holds
 * ``model.safetensors`` + ``config.json``, ``generation_config.json`` and the processor files,
   so ``pipeline("automatic-speech-recognition", model="checkpoint-N")`` works;
-* accelerate's state: ``optimizer.bin``, ``scheduler.bin``, ``scaler.pt`` (fp16),
+* accelerate's state: ``optimizer.bin``, ``scaler.pt`` (fp16),
   ``random_states_<rank>.pkl`` (python, numpy, torch, cuda RNG of every process);
 * ``data_state_<rank>.pt``: every process's data position (for a stream, its readers' shard,
   row, shuffle buffer and generator);
@@ -29,6 +29,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from .card import write_model_card
 from .errors import UserError
 
 PREFIX = "checkpoint-"
@@ -211,6 +212,14 @@ def save_model_folder(model, folder: str, weights: dict[str, Any], dtype: str = 
     model.config.save_pretrained(folder)
 
 
+def save_processor(processor, folder: str) -> None:
+    """The processor's files plus ``preprocessor_config.json``: transformers 5 keeps the feature
+    extractor inside ``processor_config.json``, while CTranslate2's converter, faster-whisper and
+    older transformers read ``preprocessor_config.json``."""
+    processor.save_pretrained(folder)
+    processor.feature_extractor.save_pretrained(folder)
+
+
 def save_final_model(model, processor, output_dir: str, weights: dict[str, Any], dtype: str) -> None:
     """The run's result, for ``from_pretrained`` and ``pipeline`` (main process). Never saved when
     a weight is NaN or infinite, nor half-written on a full disk."""
@@ -228,7 +237,7 @@ def save_final_model(model, processor, output_dir: str, weights: dict[str, Any],
     ensure_free_space(output_dir, needed, "the final model")
     try:
         save_model_folder(model, output_dir, weights, dtype)
-        processor.save_pretrained(output_dir)
+        save_processor(processor, output_dir)
     except Exception as err:
         if not is_disk_full(err):
             raise
@@ -303,7 +312,9 @@ def _write_checkpoint(accelerator, output_dir: str, partial: str, final: str, st
         else:
             unwrapped.config.save_pretrained(partial)
         unwrapped.generation_config.save_pretrained(partial)
-        processor.save_pretrained(partial)
+        save_processor(processor, partial)
+        write_model_card(partial, run_config, state.evaluations, state.best_step, state.step,
+                         name=f"{os.path.basename(os.path.normpath(output_dir))} (step {state.step})")
         _write_json(os.path.join(partial, "run_config.json"), run_config)
         _write_json(os.path.join(partial, "manifest.json"), manifest)
         missing = [name for rank in range(accelerator.num_processes)
@@ -324,7 +335,8 @@ def _write_checkpoint(accelerator, output_dir: str, partial: str, final: str, st
 
 
 def load_checkpoint(accelerator, path: str) -> TrainerState:
-    """Restore model, optimizer, scheduler, scaler and RNG; return the trainer state."""
+    """Restore model, optimizer, scaler and RNG; return the trainer state (its schedule numbers
+    give the learning rate of every later step)."""
     accelerator.load_state(path)
     return TrainerState.from_file(os.path.join(path, STATE_FILE))
 

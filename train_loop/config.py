@@ -1,25 +1,44 @@
 """Run configuration: plain dataclasses, turned into command-line flags and YAML recipes.
 
-Every field is one flag (``--field_name``) with its help text and default shown in ``--help``.
-A YAML recipe (``--config recipe.yaml``) may set any of the same names; flags given on the
-command line override the file, which overrides the defaults.
+Every field is one flag (``--field_name``) with its help text and default shown in ``--help``,
+parsed by transformers' ``HfArgumentParser`` (types, optionals, lists and booleans from the
+annotations). A YAML recipe (``--config recipe.yaml``) may set any of the same names; flags given
+on the command line override the file, which overrides the defaults. Choices that name an
+implementation (schedules, optimizers, normalizers, trackers) are read from the registry that
+holds the implementations, so adding one is one entry there.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import difflib
 import os
+import re
 import sys
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
+from transformers.hf_argparser import HfArgumentParser, string_to_bool
+
 from .errors import UserError
+from .metrics import ERROR_RATES
+from .optim import OPTIMIZERS
+from .schedule import DECAYS
+from .text import NORMALIZERS
+from .trackers import TRACKERS, missing_packages
 
 
 def flag(default: Any, help: str, choices: Sequence[str] | None = None):
-    return field(default=default, metadata={"help": help, "choices": choices})
+    """A field with its --help text; ``metadata`` goes to argparse's add_argument as is."""
+    metadata: dict[str, Any] = {"help": help}
+    if choices is not None:
+        metadata["choices"] = tuple(choices)
+    return field(default=default, metadata=metadata)
+
+
+# The flags that name a data source (train_loop.sources.SOURCES has a loader for each).
+SOURCE_FLAGS = ("dataset_name", "data_dir")
 
 
 # --------------------------------------------------------------------------------------------
@@ -30,6 +49,7 @@ def flag(default: Any, help: str, choices: Sequence[str] | None = None):
 @dataclass
 class SourceConfig:
     """Where the speech comes from."""
+    _argument_group_name = "Where the speech comes from (source)"
 
     dataset_name: str | None = flag(
         None, "Hugging Face Hub dataset with an audio and a transcript column (USER/NAME). Give "
@@ -51,10 +71,20 @@ class SourceConfig:
     preprocessing_num_workers: int = flag(
         1, "Processes that decode audio and compute features when preparing a dataset.")
 
+    def kind(self) -> str:
+        """The one data source given (a key of SOURCE_FLAGS); the only place this is checked."""
+        given = [name for name in SOURCE_FLAGS if getattr(self, name)]
+        if len(given) != 1:
+            raise UserError("give exactly one data source: "
+                            + " or ".join(f"--{name}" for name in SOURCE_FLAGS)
+                            + (f" (got {' and '.join('--' + name for name in given)})" if given else ""))
+        return given[0]
+
 
 @dataclass
 class FilterConfig:
     """Which clips are used; every dropped clip is counted and reported."""
+    _argument_group_name = "Which clips are used; every dropped clip is counted and reported (filters)"
 
     min_duration_in_seconds: float = flag(0.0, "Drop training clips shorter than this.")
     max_duration_in_seconds: float = flag(
@@ -68,6 +98,7 @@ class FilterConfig:
 @dataclass
 class DataConfig:
     """Splits, text preparation and data loading."""
+    _argument_group_name = "Splits, text preparation and data loading (data)"
 
     train_split_name: str = flag("train", "Training split; join several with '+' to concatenate.")
     eval_split_name: str = flag(
@@ -98,6 +129,7 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     """Which Whisper to fine-tune and how."""
+    _argument_group_name = "Which Whisper to fine-tune and how (model)"
 
     model_name_or_path: str = flag(
         "openai/whisper-small", "Model to fine-tune: a Hub id or a local folder "
@@ -123,6 +155,7 @@ class ModelConfig:
 @dataclass
 class TrainingConfig:
     """Optimization, schedule, precision."""
+    _argument_group_name = "Optimization, schedule, precision (training)"
 
     output_dir: str | None = flag(
         None, "Folder for checkpoints, logs, predictions and the final model. It belongs to one run: "
@@ -137,13 +170,13 @@ class TrainingConfig:
     learning_rate: float = flag(1e-5, "Peak learning rate, reached exactly at the end of warmup.")
     warmup_steps: int = flag(0, "Linear warmup steps from 0 to --learning_rate.")
     lr_scheduler_type: str = flag(
-        "linear", "Learning-rate decay after warmup.", ("linear", "cosine", "constant"))
+        "linear", "Learning-rate decay after warmup.", DECAYS)
     min_learning_rate: float = flag(0.0, "Learning rate the linear/cosine decay ends at.")
     optim: str = flag(
         "adamw_fused", "Optimizer: adamw_fused (AdamW in one fused kernel, as transformers' "
         "default; ~10%% faster steps on CPU here), adamw (the multi-tensor kernel), adamw_8bit "
         "(8-bit states via bitsandbytes, CUDA only; saves memory) or adafactor (factored "
-        "second moments; least memory).", ("adamw", "adamw_fused", "adamw_8bit", "adafactor"))
+        "second moments; least memory).", OPTIMIZERS)
     weight_decay: float = flag(0.0, "Decoupled weight decay (not applied to biases and norms).")
     adam_beta1: float = flag(0.9, "AdamW beta1.")
     adam_beta2: float = flag(0.999, "AdamW beta2.")
@@ -162,7 +195,9 @@ class TrainingConfig:
         "flags then agree bit for bit also with several CPU threads or on a GPU. Without it the "
         "embedding backward (several CPU threads) and atomic adds (GPU) vary in the last bits.")
     logging_steps: int = flag(25, "Print and record training metrics every N optimizer steps.")
-    report_to: str = flag("tensorboard", "Experiment tracker.", ("tensorboard", "none"))
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard"], metadata={
+        "help": "Experiment trackers, one or several (metrics.jsonl and stdout always get every number).",
+        "choices": tuple(TRACKERS)})
     log_sample_ids: bool = flag(
         False, "Write the ids of the clips of every optimizer step to output_dir/samples.jsonl "
         "(to audit the data order, e.g. across a resume).")
@@ -171,6 +206,7 @@ class TrainingConfig:
 @dataclass
 class EvalConfig:
     """Autoregressive evaluation (WER)."""
+    _argument_group_name = "Autoregressive evaluation (WER) (eval)"
 
     eval_steps: int = flag(1000, "Evaluate every N optimizer steps (and always at the end). 0: only at the end.")
     eval_at_start: bool = flag(False, "Also evaluate before the first step (WER before fine-tuning).")
@@ -182,12 +218,13 @@ class EvalConfig:
     eval_normalizer: str = flag(
         "belarusian", "Text normalizer for WER/CER: 'belarusian' keeps apostrophes inside "
         "words; 'basic' is Whisper's BasicTextNormalizer (leaderboard-comparable).",
-        ("belarusian", "basic"))
+        NORMALIZERS)
 
 
 @dataclass
 class CheckpointConfig:
     """Checkpoints, resume and the best model."""
+    _argument_group_name = "Checkpoints, resume and the best model (checkpoint)"
 
     save_steps: int = flag(1000, "Write checkpoint-N every N optimizer steps (and at the end). 0: only at the end.")
     save_total_limit: int | None = flag(
@@ -210,6 +247,22 @@ class CheckpointConfig:
 
 
 @dataclass
+class HubConfig:
+    """Sharing the result on the Hugging Face Hub."""
+
+    _argument_group_name = "Sharing the result on the Hugging Face Hub (hub)"
+
+    push_to_hub: bool = flag(
+        False, "Upload the final model folder (weights, processor, model card, results, curves) at the end. "
+        "The token and the connection are checked at the start, not after days of training.")
+    hub_model_id: str | None = flag(None, "Repository to upload to, USER/NAME (required with --push_to_hub).")
+    hub_private: bool = flag(False, "Create the repository as private.")
+    hub_push_checkpoints: bool = flag(
+        False, "Also upload every checkpoint (whole, resumable) into checkpoint-N/ of the repository, in the "
+        "background while training goes on.")
+
+
+@dataclass
 class TrainConfig:
     """Everything ``train_loop.main`` needs, grouped as in ``--help``."""
 
@@ -220,6 +273,7 @@ class TrainConfig:
     training: TrainingConfig = field(default_factory=TrainingConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    hub: HubConfig = field(default_factory=HubConfig)
 
     def to_flat_dict(self) -> dict[str, Any]:
         """All flags as one flat mapping (the form of a YAML recipe)."""
@@ -228,90 +282,80 @@ class TrainConfig:
 
 
 # --------------------------------------------------------------------------------------------
-# Flags from dataclasses
+# Flags from dataclasses: transformers' HfArgumentParser, with this project's messages
 # --------------------------------------------------------------------------------------------
 
 
-def str2bool(value: str | bool) -> bool:
-    if isinstance(value, bool):
-        return value
-    lowered = value.lower()
-    if lowered in ("1", "true", "yes", "y", "on"):
-        return True
-    if lowered in ("0", "false", "no", "n", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+class FlagParser(HfArgumentParser):
+    """HfArgumentParser whose errors are one line naming the flag (``UserError``), never an
+    argparse usage dump; a misspelled flag gets the closest known one."""
 
+    def error(self, message: str):
+        # "argument --max_steps/--max-steps: ..." -> name the flag once, as it is documented
+        raise UserError(re.sub(r"(--\w+)/--[\w-]+", r"\1", message))
 
-def _field_type(f: dataclasses.Field) -> type:
-    """The scalar type behind annotations like 'int | None' (annotations are strings here)."""
-    name = str(f.type).replace(" ", "").replace("|None", "")
-    return {"str": str, "int": int, "float": float, "bool": bool}[name]
-
-
-def _optional_type(scalar: type, optional: bool):
-    """Parse 'none'/'null' as None for optional flags, so a recipe default can be cleared."""
-    if scalar is bool:
-        return str2bool
-
-    def parse(text: str):
-        if optional and text.lower() in ("none", "null"):
-            return None
-        return scalar(text)
-
-    parse.__name__ = scalar.__name__  # argparse names the type in its error messages
-    return parse
-
-
-def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, title: str | None = None) -> None:
-    """One ``--name`` flag per field of ``cls``; booleans accept ``--flag``, ``--flag true|false``."""
-    group = parser.add_argument_group(title or cls.__name__, (cls.__doc__ or "").strip())
-    for f in dataclasses.fields(cls):
-        scalar = _field_type(f)
-        optional = "None" in str(f.type)
-        # Defaults live on the dataclass; argparse only records what the user typed.
-        help_text = f"{f.metadata.get('help', '')} (default: {f.default})"
-        kwargs: dict[str, Any] = {"default": argparse.SUPPRESS, "help": help_text}
-        if scalar is bool:
-            kwargs.update(nargs="?", const=True, type=str2bool, metavar="true|false")
-        else:
-            kwargs.update(type=_optional_type(scalar, optional), metavar=scalar.__name__.upper())
-        if f.metadata.get("choices"):
-            kwargs["choices"] = f.metadata["choices"]
-            kwargs.pop("metavar")
-        group.add_argument(f"--{f.name}", **kwargs)
-
-
-class FlagParser(argparse.ArgumentParser):
-    """argparse that names the closest known flag when a flag is misspelled."""
-
-    def error(self, message: str):  # pragma: no cover - exercised through main()
-        if "unrecognized arguments" in message:
-            unknown = message.split(":", 1)[1].split()
-            known = [a for action in self._actions for a in action.option_strings]
-            flags = [arg for arg in unknown if arg.startswith("-")]
-            if not flags:  # a stray value, e.g. a flag given two values
-                raise UserError(f"unexpected argument {' '.join(unknown)}; flags take the form --name value")
-            hints = []
-            for arg in flags:
-                close = difflib.get_close_matches(arg.split("=")[0], known, n=1)
-                hints.append(f"{arg} (did you mean {close[0]}?)" if close else arg)
-            message = f"unknown flag {', '.join(hints)}; see --help for every flag"
-        raise UserError(message)
+    def unknown(self, leftovers: list[str]) -> UserError:
+        flags = [arg for arg in leftovers if arg.startswith("-")]
+        if not flags:  # a stray value, e.g. a flag given two values
+            return UserError(f"unexpected argument {' '.join(leftovers)}; flags take the form --name value")
+        known = [option for action in self._actions for option in action.option_strings]
+        hints = []
+        for arg in flags:
+            close = difflib.get_close_matches(arg.split("=")[0], known, n=1)
+            hints.append(f"{arg} (did you mean {close[0]}?)" if close else arg)
+        return UserError(f"unknown flag {', '.join(hints)}; see --help for every flag")
 
 
 def build_parser(sections: dict[str, type], prog: str, description: str) -> FlagParser:
     # No abbreviations: a truncated flag in a week-long run's command must fail, not guess.
-    parser = FlagParser(prog=prog, description=description, allow_abbrev=False)
-    parser.add_argument("--config", metavar="RECIPE.yaml", default=argparse.SUPPRESS,
+    parser = FlagParser(list(sections.values()), prog=prog, description=description, allow_abbrev=False)
+    parser.add_argument("--config", metavar="RECIPE.yaml", default=None,
                         help="YAML file with any of these flags; command-line flags override it.")
-    for name, cls in sections.items():
-        add_dataclass_flags(parser, cls, title=f"{name}: {(cls.__doc__ or '').strip()}")
+    optional = {name for cls in sections.values() for name, hint in typing.get_type_hints(cls).items()
+                if type(None) in typing.get_args(hint)}
+    for action in parser._actions:
+        # 'none' / 'null' clears an optional flag (e.g. a recipe's --max_eval_samples).
+        if action.dest in optional and action.type not in (None, string_to_bool):
+            action.type = _none_or(action.type)
     return parser
 
 
-def load_recipe(path: str, known: set[str]) -> dict[str, Any]:
-    """Read a YAML recipe; every key must be a known flag."""
+def parse_sections(sections: dict[str, type], argv: Sequence[str] | None, prog: str,
+                   description: str, positional: tuple[str, str] | None = None) -> dict[str, Any]:
+    """Defaults < YAML recipe < command line, returned as one instance per section.
+    ``positional`` (name, help): also take any number of positional arguments, returned under
+    that name (e.g. the files to transcribe)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(sections, prog, description)
+    if positional:
+        parser.add_argument(positional[0], nargs="*", help=positional[1])
+    recipe_path = _recipe_path(argv)
+    recipe = recipe_flags(recipe_path, parser) if recipe_path else []
+    # The recipe becomes flags in front of the command line's: argparse keeps the last value of
+    # a flag, so the command line wins, and the recipe's values get the same type checks.
+    *built, leftovers = parser.parse_args_into_dataclasses(recipe + argv, return_remaining_strings=True,
+                                                          look_for_args_file=False)
+    if leftovers:
+        raise parser.unknown(leftovers)
+    parsed = dict(zip(sections, built))  # the namespace of --config (and positionals) comes last
+    if positional:
+        parsed[positional[0]] = getattr(built[-1], positional[0])
+    return parsed
+
+
+def _recipe_path(argv: list[str]) -> str | None:
+    for position, arg in enumerate(argv):
+        if arg == "--config":
+            if position + 1 == len(argv):
+                raise UserError("--config needs a file: --config RECIPE.yaml")
+            return argv[position + 1]
+        if arg.startswith("--config="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def recipe_flags(path: str, parser: FlagParser) -> list[str]:
+    """A YAML recipe as command-line flags; every key must be a flag, every value valid for it."""
     import yaml
 
     if not os.path.isfile(path):
@@ -323,59 +367,35 @@ def load_recipe(path: str, known: set[str]) -> dict[str, Any]:
         raise UserError(f"--config {path}: not valid YAML ({str(err).splitlines()[0]})") from None
     if not isinstance(values, dict):
         raise UserError(f"--config {path}: expected a mapping of flag names to values")
-    for key in values:
+    known = sorted({action.dest for action in parser._actions} - {"help", "config"})
+    flags: list[str] = []
+    for key, value in values.items():
         if key not in known:
-            close = difflib.get_close_matches(str(key), sorted(known), n=1)
+            close = difflib.get_close_matches(str(key), known, n=1)
             hint = f" (did you mean {close[0]}?)" if close else ""
             raise UserError(f"--config {path}: unknown key '{key}'{hint}")
-    return values
-
-
-def parse_sections(sections: dict[str, type], argv: Sequence[str] | None, prog: str,
-                   description: str) -> dict[str, Any]:
-    """Defaults < YAML recipe < command line, returned as one instance per section."""
-    parser = build_parser(sections, prog, description)
-    cli = vars(parser.parse_args(list(sys.argv[1:] if argv is None else argv)))
-    fields_by_name = {f.name: (name, f) for name, cls in sections.items()
-                      for f in dataclasses.fields(cls)}
-    values: dict[str, Any] = {}
-    if "config" in cli:
-        recipe = load_recipe(cli.pop("config"), set(fields_by_name))
-        for key, value in recipe.items():
-            values[key] = _coerce(key, value, fields_by_name[key][1], source=f"recipe key '{key}'")
-    values.update(cli)
-    built = {}
-    for name, cls in sections.items():
-        own = {f.name: values[f.name] for f in dataclasses.fields(cls) if f.name in values}
-        built[name] = cls(**own)
-    return built
-
-
-def _coerce(key: str, value: Any, f: dataclasses.Field, source: str) -> Any:
-    """Check a YAML value against the field's type (YAML already parsed numbers and booleans)."""
-    if value is None:
-        return None
-    scalar = _field_type(f)
+        if isinstance(value, dict):
+            raise UserError(f"--config {path}: key '{key}' holds a mapping; give a value")
+        items = value if isinstance(value, list) else [value]
+        flags += [f"--{key}", *("none" if item is None else str(item).lower() if isinstance(item, bool)
+                                else str(item) for item in items)]
     try:
-        if scalar is bool:
-            value = str2bool(value if isinstance(value, (bool, str)) else str(value))
-        elif scalar is float and isinstance(value, (int, float, str)):
-            value = float(value)
-        elif scalar is int and (isinstance(value, int) or (isinstance(value, str) and value.lstrip("-").isdigit())):
-            value = int(value)
-        elif scalar is str:
-            value = str(value)
-        else:
-            raise ValueError
-    except (ValueError, argparse.ArgumentTypeError):
-        raise UserError(f"{source}: expected {scalar.__name__}, got {value!r}") from None
-    choices = f.metadata.get("choices")
-    if choices and value not in choices:
-        raise UserError(f"{source}: {value!r} is not one of {', '.join(choices)}")
-    return value
+        parser.parse_known_args(flags)
+    except UserError as err:
+        raise UserError(f"--config {path}: {err}") from None
+    return flags
+
+
+def _none_or(parse):
+    def parse_optional(text: str):
+        return None if text.lower() in ("none", "null") else parse(text)
+
+    parse_optional.__name__ = getattr(parse, "__name__", "value")  # argparse names it in errors
+    return parse_optional
 
 
 TRAIN_SECTIONS = {f.name: f.default_factory for f in dataclasses.fields(TrainConfig)}
+
 
 
 def parse_train_config(argv: Sequence[str] | None = None) -> TrainConfig:
@@ -394,8 +414,13 @@ def validate_train_config(config: TrainConfig) -> None:
                                   config.filters, config.data)
     if not tr.output_dir:
         raise UserError("--output_dir is required (checkpoints, logs and the final model go there)")
-    if bool(src.dataset_name) == bool(src.data_dir):
-        raise UserError("give exactly one data source: --dataset_name (Hub) or --data_dir (local folder)")
+    src.kind()
+    missing = missing_packages(tr.report_to)
+    if missing:
+        raise UserError("; ".join(f"--report_to {name}: {package} is not installed (pip install {package})"
+                                  for name, package in missing))
+    if "none" in tr.report_to and len(tr.report_to) > 1:
+        raise UserError(f"--report_to {' '.join(tr.report_to)}: 'none' cannot be combined with a tracker")
     if tr.overwrite_output_dir and ck.resume_from:
         raise UserError("--overwrite_output_dir deletes the run that --resume_from would continue; give one")
     if src.streaming and tr.max_steps <= 0:
@@ -454,9 +479,24 @@ def validate_train_config(config: TrainConfig) -> None:
                         "longer audio would be cut while its transcript stays whole")
     if ck.save_total_limit is not None and ck.save_total_limit < 1:
         raise UserError("--save_total_limit must be at least 1 (or none to keep every checkpoint)")
-    if ck.metric_for_best_model and not ck.metric_for_best_model.startswith("eval_"):
-        raise UserError(f"--metric_for_best_model {ck.metric_for_best_model}: use an evaluation "
-                        "metric such as eval_wer, eval_cer or eval_wer_raw")
+    best_metrics = [f"eval_{name}" for name in ERROR_RATES]
+    if ck.metric_for_best_model not in best_metrics:
+        raise UserError(f"--metric_for_best_model {ck.metric_for_best_model}: not a quality metric of the "
+                        f"evaluation; use one of {', '.join(best_metrics)}")
+    if ck.greater_is_better:
+        raise UserError(f"--greater_is_better: {ck.metric_for_best_model} is an error rate, better when "
+                        "lower; leave the flag out")
+    hub = config.hub
+    if (hub.hub_model_id or hub.hub_private or hub.hub_push_checkpoints) and not hub.push_to_hub:
+        raise UserError("--hub_model_id, --hub_private and --hub_push_checkpoints take effect with --push_to_hub; add it")
+    if hub.push_to_hub and not hub.hub_model_id:
+        raise UserError("--push_to_hub needs --hub_model_id USER/NAME (the repository to upload to)")
+    if hub.hub_model_id and hub.hub_model_id.count("/") != 1:
+        raise UserError(f"--hub_model_id {hub.hub_model_id}: expected USER/NAME (or ORGANIZATION/NAME)")
+    evaluating = data.eval_split_name.lower() != "none"
+    if ck.load_best_model_at_end and not evaluating:
+        raise UserError("--load_best_model_at_end needs evaluations to pick the best checkpoint, but "
+                        "--eval_split_name is none; name an evaluation split or leave the flag out")
     if not 1 <= ev.generation_max_length <= 444:
         raise UserError("--generation_max_length must be between 1 and 444 (Whisper's decoder holds "
                         "448 positions, 4 of them taken by the prompt)")

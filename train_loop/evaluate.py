@@ -16,13 +16,16 @@ import os
 import sys
 from dataclasses import dataclass
 
-from .config import DataConfig, EvalConfig, ModelConfig, SourceConfig, TrainConfig, flag, parse_sections
+from .config import DataConfig, ModelConfig, SourceConfig, flag, parse_sections
 from .errors import UserError
+from .text import NORMALIZERS
 
 
 @dataclass
 class EvaluateConfig:
     """What to evaluate and how."""
+
+    _argument_group_name = "What to evaluate and how (evaluate)"
 
     model: str | None = flag(None, "Model folder (a run's output_dir or a checkpoint-N) or Hub id.")
     split: str = flag("test", "Split to evaluate ('+' concatenates).")
@@ -30,7 +33,7 @@ class EvaluateConfig:
     per_device_eval_batch_size: int = flag(32, "Clips per process per generation batch.")
     generation_max_length: int = flag(225, "Most tokens generated per clip after the prompt.")
     num_beams: int = flag(1, "Beam width (1 = greedy).")
-    eval_normalizer: str = flag("belarusian", "Normalizer for WER/CER.", ("belarusian", "basic"))
+    eval_normalizer: str = flag("belarusian", "Normalizer for WER/CER.", NORMALIZERS)
     language: str = flag("be", "Language token forced in generation.")
     task: str = flag("transcribe", "Whisper task.", ("transcribe", "translate"))
     mixed_precision: str | None = flag(
@@ -77,22 +80,18 @@ def evaluate_model(options: EvaluateConfig, source: SourceConfig) -> dict:
 
     if not options.model:
         raise UserError("--model is required: a run's output_dir, a checkpoint-N folder or a Hub id")
-    if bool(source.dataset_name) == bool(source.data_dir):
-        raise UserError("give exactly one data source: --dataset_name (Hub) or --data_dir (local folder)")
+    source.kind()
     output_dir = options.output_dir or (options.model if os.path.isdir(options.model) else "eval-results")
-    config = TrainConfig(
-        source=source,
-        data=DataConfig(dataloader_num_workers=options.dataloader_num_workers),
-        model=ModelConfig(model_name_or_path=options.model, language=options.language, task=options.task,
-                          attn_implementation=options.attn_implementation),
-        eval=EvalConfig(per_device_eval_batch_size=options.per_device_eval_batch_size,
-                        generation_max_length=options.generation_max_length, num_beams=options.num_beams,
-                        eval_normalizer=options.eval_normalizer))
     reset_accelerator_settings()
     accelerator = Accelerator(mixed_precision=options.mixed_precision, cpu=not torch.cuda.is_available())
     processor = load_processor(options.model, options.language, options.task)
-    model = accelerator.prepare(load_model(config.model, processor))
-    eval_set = build_eval_set(config, processor, accelerator, options.split, options.max_samples)
+    model = accelerator.prepare(load_model(ModelConfig(
+        model_name_or_path=options.model, language=options.language, task=options.task,
+        attn_implementation=options.attn_implementation), processor))
+    eval_set = build_eval_set(source, DataConfig(dataloader_num_workers=options.dataloader_num_workers),
+                              processor, accelerator, options.split,
+                              batch_size=options.per_device_eval_batch_size, max_samples=options.max_samples,
+                              eval_normalizer=options.eval_normalizer)
     normalizer = get_normalizer(options.eval_normalizer)
     settings = GenerationSettings(options.language, options.task, options.generation_max_length, options.num_beams)
     predictions_path = os.path.join(output_dir, "eval", f"{options.split}-predictions.jsonl")

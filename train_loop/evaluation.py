@@ -17,7 +17,8 @@ from typing import Any, Callable
 import torch
 from accelerate.utils import gather_object
 
-from .data import EvalSet, is_empty_batch
+from .data import EvalSet
+from .loaders import is_empty_batch
 from .features import SkipReport
 from .logger import progress_bar
 from .metrics import error_rates, utterance_errors

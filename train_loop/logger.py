@@ -1,9 +1,9 @@
 """Run logging: console lines flushed at once, train.log, metrics.jsonl and TensorBoard.
 
-The 2022 event scripts printed training logs through a block-buffered stdout, so under
-``| tee`` they appeared only in bursts at evaluation time. Here stdout is line-buffered and
-every line is flushed as it is written; progress bars go to stderr (and only to a terminal),
-so piped logs hold clean lines.
+stdout is line-buffered and every line is flushed as it is written, so a log piped through
+``| tee`` or collected by a scheduler shows each step when it happens (a block-buffered stdout
+would show them in bursts). Progress bars go to stderr, and only to a terminal, so piped logs
+hold clean lines.
 """
 
 from __future__ import annotations
@@ -38,6 +38,10 @@ class _KnownNoise(logging.Filter):
         "Passing `generation_config` together with generation-related arguments",
         # Decoder prompts are never padded in our batches (every clip has the same prompt).
         "The attention mask is not set with a batched input",
+        # transcribe caps new tokens per window below the generation config's max_length.
+        "Both `max_new_tokens`",
+        # DeepSpeed announces the accelerator it picked each time it is imported.
+        "Setting accelerator to CPU", "Setting ds_accelerator to",
     )
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -58,6 +62,9 @@ def quiet_library_output() -> None:
     # Logger filters see only records logged on that very logger; handler filters see the
     # records that propagate to it. transformers has its own handler, accelerate does not.
     logging.getLogger("accelerate.utils.other").addFilter(noise)
+    # DeepSpeed's logger logs straight to its own stdout handler; a filter on the logger (set up
+    # before DeepSpeed is imported) sees those records.
+    logging.getLogger("DeepSpeed").addFilter(noise)
     for handler in logging.getLogger("transformers").handlers:
         handler.addFilter(noise)
     if not sys.stderr.isatty():
@@ -129,7 +136,9 @@ class RunLogger:
     def metrics(self, values: dict[str, Any], step: int) -> None:
         """One JSON line per record and the same numbers to the experiment tracker."""
         if self.accelerator is not None and self.accelerator.trackers:
-            numeric = {k: v for k, v in values.items() if isinstance(v, (int, float)) and k != "step"}
+            from .trackers import scalar_name
+
+            numeric = {scalar_name(k): v for k, v in values.items() if isinstance(v, (int, float)) and k != "step"}
             self.accelerator.log(numeric, step=step)
         if not self.is_main:
             return

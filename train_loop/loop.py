@@ -3,8 +3,8 @@
 One optimizer step = ``gradient_accumulation_steps`` micro-batches on every process. Its loss is
 the sum of token cross-entropies divided by the number of label tokens in the *whole* step (all
 micro-batches, all processes), so batch 4, batch 2 x accumulation 2 and 2 processes x batch 2
-produce the same gradient even when transcripts differ in length. (Averaging per micro-batch
-and then over micro-batches, the bug transformers fixed in 2024, weights short transcripts up.)
+produce the same gradient even when transcripts differ in length (averaging per micro-batch,
+then over micro-batches, would weight the tokens of short transcripts up).
 """
 
 from __future__ import annotations
@@ -22,13 +22,14 @@ from .checkpoint import (TrainerState, is_improvement, rotate_checkpoints, save_
                          write_best_pointer)
 from .collator import IGNORE_INDEX
 from .config import TrainConfig
-from .data import EvalSet, TrainBatches
+from .data import EvalSet
+from .loaders import TrainBatches
 from .features import SkipReport
 from .errors import UserError
 from .evaluation import GenerationSettings, evaluate
 from .logger import RunLogger, format_duration, progress_bar
 from .precision import loss_scale, step_unless_nonfinite
-from .schedule import LRSchedule
+from .schedule import LRSchedule, set_learning_rate
 
 
 @dataclass
@@ -39,7 +40,6 @@ class Run:
     accelerator: Any
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
     schedule: LRSchedule
     processor: Any
     train_batches: TrainBatches
@@ -57,6 +57,7 @@ class Run:
     seconds_this_run: float = 0.0  # training time since start_step
     reported_skips: int = 0  # streaming: skipped rows already reported
     nonfinite_streak: int = 0  # consecutive steps whose update was skipped
+    hub: Any = None  # HubUpload on the main process with --push_to_hub
 
 
 def train(run: Run) -> bool:
@@ -73,7 +74,8 @@ def train(run: Run) -> bool:
     eval_due = save_due = False
     while state.step < max_steps:
         micro_batches = [next(run.train_batches) for _ in range(accumulation)]
-        learning_rate = run.optimizer.param_groups[0]["lr"]
+        learning_rate = run.schedule(state.step + 1)  # a pure function of the step
+        set_learning_rate(run.optimizer, learning_rate)
         loss_sum, tokens, grad_norm, skipped = optimizer_step(run, micro_batches)
 
         state.step += 1
@@ -149,7 +151,7 @@ def log_sample_ids(run: Run, micro_batches: list[dict[str, Any]]) -> None:
 
 
 def optimizer_step(run: Run, micro_batches: list[dict[str, Any]]):
-    """Forward and backward every micro-batch, then clip, step and advance the schedule."""
+    """Forward and backward every micro-batch, then clip and step."""
     accelerator, model = run.accelerator, run.model
     model.train()
     local_tokens = sum(int((batch["labels"] != IGNORE_INDEX).sum()) for batch in micro_batches)
@@ -168,7 +170,6 @@ def optimizer_step(run: Run, micro_batches: list[dict[str, Any]]):
     # A NaN/inf gradient (an fp16 overflow, or a diverging run) skips the update. The step still
     # counts: its batch was consumed and the schedule moves on (see README).
     skipped = step_unless_nonfinite(accelerator, run.optimizer, grad_norm)
-    run.scheduler.step()
     run.optimizer.zero_grad(set_to_none=True)
     return loss_sum, step_tokens, grad_norm, skipped
 
@@ -344,6 +345,8 @@ def save(run: Run) -> str:
             write_best_pointer(cfg.training.output_dir, state, cfg.checkpoint.metric_for_best_model)
         note = f" (removed {', '.join(os.path.basename(p) for p in deleted)})" if deleted else ""
         run.logger.info(f"saved {os.path.basename(path)} in {time.perf_counter() - started:.1f} s{note}")
+        if run.hub is not None and cfg.hub.hub_push_checkpoints:
+            run.hub.push_checkpoint(path)  # in the background
     accelerator.wait_for_everyone()
     return path
 

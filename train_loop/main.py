@@ -28,7 +28,8 @@ if __package__ in (None, ""):
 from train_loop.checkpoint import (STATE_FILE, TrainerState, incomplete_checkpoints, resolve_resume,
                                    run_manifest, save_final_model)
 from train_loop.config import TrainConfig, parse_train_config
-from train_loop.data import build_eval_set, build_train_batches, steps_for_epochs
+from train_loop.data import build_eval_set, build_train_batches
+from train_loop.loaders import steps_for_epochs
 from train_loop.distributed import (accelerator_kwargs, check_shared_output_dir, fill_deepspeed_config,
                                     load_whole_model, on_main_process, optimizer_offloaded,
                                     reset_accelerator_settings, uses_deepspeed, zero_stage)
@@ -41,12 +42,15 @@ from train_loop.optim import build_optimizer
 from train_loop.precision import (check_precision_supported, frozen_weights_fp32,
                                   full_precision_state_dict, model_input_dtype)
 from train_loop.preemption import EXIT_INTERRUPTED, EXIT_STOPPED, StopOnSignal, StoppedBeforeTraining
+from train_loop.card import write_model_card
+from train_loop.plot import plot_run
 from train_loop.report import format_wer_table, write_results
 from train_loop.resume import describe, resume, run_layout
 from train_loop.rundir import claim_output_dir
-from train_loop.schedule import LRSchedule, make_scheduler, restore_schedule
+from train_loop.schedule import LRSchedule
 from train_loop.sources import has_split
 from train_loop.text import get_normalizer
+from train_loop.trackers import TRACKERS
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,7 +87,8 @@ def run(config: TrainConfig, argv: list[str]) -> int:
         lock = on_main_process(accelerator, lambda: claim_output_dir(
             config.training.output_dir, resuming=bool(config.checkpoint.resume_from),
             overwrite=config.training.overwrite_output_dir))
-        return _run(config, argv, accelerator, lock, stop_signal)
+        hub = on_main_process(accelerator, lambda: connect_hub(config))  # None on the other processes
+        return _run(config, argv, accelerator, lock, stop_signal, hub)
     finally:
         stop_signal.restore()
         if lock is not None:
@@ -91,7 +96,7 @@ def run(config: TrainConfig, argv: list[str]) -> int:
         use_deterministic_kernels(deterministic_before)
 
 
-def _run(config: TrainConfig, argv: list[str], accelerator, lock, stop_signal: StopOnSignal) -> int:
+def _run(config: TrainConfig, argv: list[str], accelerator, lock, stop_signal: StopOnSignal, hub) -> int:
     output_dir = config.training.output_dir
     check_shared_output_dir(accelerator, output_dir)
     from accelerate.utils import set_seed
@@ -125,17 +130,20 @@ def _run(config: TrainConfig, argv: list[str], accelerator, lock, stop_signal: S
     logger.info(f"model {config.model.model_name_or_path}: {trainable / 1e6:.1f}M trainable parameters")
 
     # 3. Data: every skipped clip is counted and reported.
-    train_batches = build_train_batches(config, processor, accelerator)
+    train_batches = build_train_batches(
+        config.source, config.data, config.filters, processor, accelerator,
+        batch_size=config.training.per_device_train_batch_size, seed=config.training.seed,
+        eval_normalizer=config.eval.eval_normalizer)
     logger.info(train_batches.report.summary() if not config.source.streaming else
                 f"{config.data.train_split_name}: streaming (skipped clips are reported as they are read)")
     eval_set = None
     if config.data.eval_split_name.lower() != "none":
-        eval_set = build_eval_set(config, processor, accelerator, config.data.eval_split_name,
-                                  config.data.max_eval_samples, streaming=eval_streaming(config, accelerator))
+        eval_set = eval_set_for(config, processor, accelerator, config.data.eval_split_name,
+                                config.data.max_eval_samples)
         if eval_set.report is not None:
             logger.info(eval_set.report.summary())
 
-    # 4. Optimizer and learning-rate schedule (stepped once per optimizer step, never prepared).
+    # 4. Optimizer and learning-rate schedule (a pure function of the step; the loop sets it).
     max_steps = config.training.max_steps
     if max_steps <= 0:
         max_steps = steps_for_epochs(train_batches.batches_per_epoch, config.training.num_train_epochs,
@@ -152,15 +160,12 @@ def _run(config: TrainConfig, argv: list[str], accelerator, lock, stop_signal: S
     set_seed(config.training.seed, device_specific=True)
     schedule = LRSchedule(config.training.lr_scheduler_type, config.training.learning_rate,
                           config.training.warmup_steps, max_steps, config.training.min_learning_rate)
-    scheduler = make_scheduler(optimizer, schedule)
-    accelerator.register_for_checkpointing(scheduler)
 
     # 5. State: fresh, or restored from a checkpoint (and checked against this run's flags).
     layout = run_layout(config, accelerator, train_batches)
     if resume_path:
         state, schedule, notes = resume(resume_path, accelerator, train_batches, layout, schedule,
                                         config.checkpoint.reset_data_position)
-        restore_schedule(optimizer, scheduler, schedule, state.step)
         logger.info(f"resumed from {resume_path} at {describe(state)}")
         for note in notes:
             logger.info(f"  note: {note}")
@@ -173,12 +178,12 @@ def _run(config: TrainConfig, argv: list[str], accelerator, lock, stop_signal: S
     generation = GenerationSettings(config.model.language, config.model.task,
                                     config.eval.generation_max_length, config.eval.num_beams)
     training_run = Run(config=config, accelerator=accelerator, model=model, optimizer=optimizer,
-                       scheduler=scheduler, schedule=schedule, processor=processor,
+                       schedule=schedule, processor=processor,
                        train_batches=train_batches, eval_set=eval_set,
                        normalizer=get_normalizer(config.eval.eval_normalizer),
                        generation=generation, logger=logger, state=state, manifest=manifest,
                        start_step=state.step, synced_gpus=zero_stage(accelerator) == 3,
-                       input_dtype=model_input_dtype(accelerator), frozen_fp32=frozen_fp32)
+                       input_dtype=model_input_dtype(accelerator), frozen_fp32=frozen_fp32, hub=hub)
     logger.info(f"training {max_steps} steps of {schedule.kind} schedule, peak lr {schedule.peak:g} "
                 f"at step {schedule.warmup_steps or 1}; global batch "
                 f"{config.training.per_device_train_batch_size * accelerator.num_processes * config.training.gradient_accumulation_steps}")
@@ -197,6 +202,19 @@ def _run(config: TrainConfig, argv: list[str], accelerator, lock, stop_signal: S
     accelerator.end_training()
     logger.close()
     return 0
+
+
+def connect_hub(config: TrainConfig):
+    """With --push_to_hub: check the token, the connection and the repository now (main process)."""
+    if not config.hub.push_to_hub:
+        return None
+    from train_loop.hub import HubUpload
+
+    hub = HubUpload(config.hub.hub_model_id, private=config.hub.hub_private)
+    user = hub.check()
+    print(f"--push_to_hub: logged in as {user}; the final model goes to {config.hub.hub_model_id} at the end",
+          flush=True)
+    return hub
 
 
 def use_deterministic_kernels(enabled: bool) -> bool:
@@ -231,20 +249,22 @@ def build_accelerator(config: TrainConfig):
     accumulation = GradientAccumulationPlugin(
         num_steps=config.training.gradient_accumulation_steps,
         sync_with_dataloader=False)  # an optimizer step may span an epoch boundary
-    tracking = config.training.report_to == "tensorboard"
+    trackers = [TRACKERS[name][0] for name in config.training.report_to if TRACKERS[name]]
     reset_accelerator_settings()
     accelerator = Accelerator(
         mixed_precision=config.training.mixed_precision,
         gradient_accumulation_plugin=accumulation,
-        log_with="tensorboard" if tracking else None,
+        log_with=trackers or None,
         project_config=ProjectConfiguration(project_dir=output_dir,
                                             logging_dir=os.path.join(output_dir, "tensorboard")),
         **accelerator_kwargs(),  # without a GPU: what joins several processes into one gloo group
     )
-    if tracking:
+    if trackers:
         hparams = {k: (v if isinstance(v, (int, float, str, bool)) else str(v))
                    for k, v in config.to_flat_dict().items()}
-        accelerator.init_trackers("run", config=hparams)
+        run_name = os.path.basename(os.path.normpath(output_dir))
+        accelerator.init_trackers("run", config=hparams, init_kwargs={
+            "wandb": {"name": run_name, "dir": output_dir}, "mlflow": {"run_name": run_name}})
     return accelerator
 
 
@@ -272,8 +292,7 @@ def finish(run: Run) -> None:
     test_split = cfg.data.test_split_name
     if test_split.lower() != "none":
         if has_split(cfg.source, test_split):
-            test_set = build_eval_set(cfg, run.processor, accelerator, test_split, max_samples=None,
-                                      streaming=eval_streaming(cfg, accelerator))
+            test_set = eval_set_for(cfg, run.processor, accelerator, test_split, max_samples=None)
             if test_set.report is not None:
                 logger.info(test_set.report.summary())
             run_evaluation(run, test_set, prefix="test")
@@ -282,15 +301,25 @@ def finish(run: Run) -> None:
                         "(--test_split_name none silences this)")
     if accelerator.is_main_process:
         write_results(output_dir, state, cfg)
+        write_model_card(output_dir, cfg.to_flat_dict(), state.evaluations, state.best_step, state.step,
+                         train_clips=run.train_batches.num_clips)
+        curves = plot_run(output_dir)
         if state.evaluations:
             logger.info(format_wer_table(state.evaluations, cfg.eval.eval_normalizer, state.best_step))
+        logger.info(f"model card: {output_dir}/README.md" + (f"; curves: {curves}" if curves else ""))
+        if run.hub is not None:
+            names = run.hub.push_final(output_dir)
+            logger.info(f"uploaded {len(names)} files to https://huggingface.co/{cfg.hub.hub_model_id}")
 
 
-def eval_streaming(config: TrainConfig, accelerator) -> bool:
+def eval_set_for(config: TrainConfig, processor, accelerator, split: str, max_samples: int | None):
     """Evaluation under ZeRO-3 reads prepared data even with --streaming: every process must
     call generate the same number of times, which only a split of known size can promise
     (a stream may give one process a batch more than another, and then generation hangs)."""
-    return config.source.streaming and zero_stage(accelerator) != 3
+    return build_eval_set(config.source, config.data, processor, accelerator, split,
+                          batch_size=config.eval.per_device_eval_batch_size, max_samples=max_samples,
+                          eval_normalizer=config.eval.eval_normalizer,
+                          streaming=config.source.streaming and zero_stage(accelerator) != 3)
 
 
 def load_weights(model, checkpoint_dir: str) -> None:

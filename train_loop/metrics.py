@@ -12,11 +12,15 @@ from __future__ import annotations
 
 from typing import Callable
 
-import jiwer
+# The rates an evaluation reports (eval_<name>, test_<name>); lower is better for each. They are
+# what --metric_for_best_model may name.
+ERROR_RATES = ("wer", "cer", "wer_raw")
 
 
 def error_rates(references: list[str], predictions: list[str],
                 normalizer: Callable[[str], str]) -> dict[str, float | int]:
+    import jiwer
+
     if len(references) != len(predictions):
         raise ValueError(f"{len(references)} references but {len(predictions)} predictions")
     normalized = [(normalizer(r), normalizer(p)) for r, p in zip(references, predictions)]
@@ -43,6 +47,8 @@ def error_rates(references: list[str], predictions: list[str],
 
 def utterance_errors(reference: str, prediction: str) -> tuple[int, int]:
     """(word errors, reference words) of one normalized pair, for per-utterance dumps."""
+    import jiwer
+
     if not reference:
         return len(prediction.split()), 0
     measures = jiwer.process_words(reference, prediction)

@@ -123,5 +123,7 @@ def build_tiny_whisper(output_dir: str, chunk_length: int = 10, d_model: int = 6
     model = WhisperForConditionalGeneration(config)
     model.generation_config = generation
     model.save_pretrained(output_dir)
-    WhisperProcessor(feature_extractor=feature_extractor, tokenizer=tokenizer).save_pretrained(output_dir)
+    from .checkpoint import save_processor
+
+    save_processor(WhisperProcessor(feature_extractor=feature_extractor, tokenizer=tokenizer), output_dir)
     return output_dir

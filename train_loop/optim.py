@@ -3,10 +3,14 @@ weight decay only on weight matrices."""
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING, Callable
 
-from .config import TrainingConfig
 from .errors import UserError
+
+if TYPE_CHECKING:  # torch is imported when an optimizer is built, so config.py can read OPTIMIZERS
+    import torch
+
+    from .config import TrainingConfig
 
 
 def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -29,24 +33,33 @@ def build_optimizer(model: torch.nn.Module, config: TrainingConfig, offloaded: b
         raise UserError("--optim adamw_8bit keeps its states on the GPU, which contradicts the "
                         "DeepSpeed config's offload_optimizer; use --optim adamw (DeepSpeed's CPU "
                         "Adam) with offload, or a config without offload")
-    if config.optim == "adamw":
-        return torch.optim.AdamW(groups, **adam)
-    if config.optim == "adamw_fused":
-        # One kernel for all parameters instead of a loop over them (CPU and GPU).
-        return torch.optim.AdamW(groups, fused=True, **adam)
-    if config.optim == "adamw_8bit":
-        return _adamw_8bit(groups, adam)
-    if config.optim == "adafactor":
-        from transformers.optimization import Adafactor
+    return OPTIMIZERS[config.optim](groups, adam)
 
-        # Our schedule sets the learning rate, so Adafactor's own relative step is off.
-        return Adafactor(groups, lr=config.learning_rate, scale_parameter=False,
-                         relative_step=False, warmup_init=False)
-    raise UserError(f"--optim {config.optim}: unknown optimizer")
+
+def _adamw(groups: list[dict], adam: dict):
+    import torch
+
+    return torch.optim.AdamW(groups, **adam)
+
+
+def _adamw_fused(groups: list[dict], adam: dict):
+    import torch
+
+    # One kernel for all parameters instead of a loop over them (CPU and GPU).
+    return torch.optim.AdamW(groups, fused=True, **adam)
+
+
+def _adafactor(groups: list[dict], adam: dict):
+    from transformers.optimization import Adafactor
+
+    # Our schedule sets the learning rate, so Adafactor's own relative step is off.
+    return Adafactor(groups, lr=adam["lr"], scale_parameter=False, relative_step=False, warmup_init=False)
 
 
 def _adamw_8bit(groups: list[dict], adam: dict):
     """AdamW with 8-bit states (bitsandbytes): a quarter of AdamW's optimizer memory."""
+    import torch
+
     if not torch.cuda.is_available():
         raise UserError("--optim adamw_8bit needs a CUDA GPU (bitsandbytes' 8-bit optimizers have no "
                         "CPU kernels); use --optim adamw or adafactor here")
@@ -71,3 +84,12 @@ def _deepspeed_cpu_adam(groups: list[dict], adam: dict):
             f"not be built ({reason}). Install a C++ compiler and the Python headers (Debian/Ubuntu: "
             "apt-get install g++ python3-dev) and retry, or install DeepSpeed with the op prebuilt: "
             "DS_BUILD_CPU_ADAM=1 pip install deepspeed") from None
+
+
+# --optim choices: name -> builder(parameter groups, AdamW arguments). One entry adds an optimizer.
+OPTIMIZERS: dict[str, Callable[[list[dict], dict], "torch.optim.Optimizer"]] = {
+    "adamw_fused": _adamw_fused,
+    "adamw": _adamw,
+    "adamw_8bit": _adamw_8bit,
+    "adafactor": _adafactor,
+}

@@ -84,14 +84,17 @@ class StopOnSignal:
               f"(press Ctrl-C again to stop at once, without one)", file=sys.stderr, flush=True)
 
     def requested(self) -> bool:
-        """Whether any process has been asked to stop (the same answer on every process)."""
+        """Whether any process has been asked to stop (the same answer on every process). A
+        process the signal did not reach learns its name from the vote, for the log."""
         local = self.signal_name is not None
         if self._group is None:
             return local
         import torch.distributed as dist
 
-        vote = torch.tensor([int(local)], dtype=torch.int32)
+        vote = torch.tensor([int(signal.Signals[self.signal_name]) if local else 0], dtype=torch.int32)
         dist.all_reduce(vote, op=dist.ReduceOp.MAX, group=self._group)
+        if vote.item() and not local:
+            self.signal_name, self._first_at = signal.Signals(int(vote.item())).name, time.monotonic()
         return bool(vote.item())
 
     def restore(self) -> None:

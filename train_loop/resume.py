@@ -19,7 +19,7 @@ import os
 from typing import Any
 
 from .checkpoint import TrainerState, load_checkpoint, load_data_state, read_json
-from .data import TrainBatches, loader_workers
+from .loaders import TrainBatches, loader_workers
 from .errors import UserError
 from .schedule import LRSchedule
 

@@ -14,8 +14,10 @@ processes.
 
 Extending ``--max_steps`` on resume past warmup *rebases* the decay: it continues from the
 rate reached at the resume step (``rebase_step``, ``rebase_factor``) down to the minimum at
-the new last step, so the rate never jumps back up. The scheduler is stepped once per optimizer step and is never handed to
-``accelerator.prepare`` (which would step it once per process).
+the new last step, so the rate never jumps back up.
+
+The loop writes ``lr(step)`` into the optimizer before each step (nanoGPT's way): no torch
+scheduler object, so nothing to save or restore beyond the numbers in ``trainer_state.json``.
 """
 
 from __future__ import annotations
@@ -23,8 +25,15 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from typing import Callable
 
-import torch
+# Decay after warmup: progress in [0, 1] -> fraction of the way from the peak to the minimum
+# still left. One entry per --lr_scheduler_type choice.
+DECAYS: dict[str, Callable[[float], float]] = {
+    "linear": lambda progress: 1.0 - progress,
+    "cosine": lambda progress: 0.5 * (1.0 + math.cos(math.pi * progress)),
+    "constant": lambda progress: 1.0,
+}
 
 
 @dataclass(frozen=True)
@@ -45,8 +54,8 @@ class LRSchedule:
         """``lr(step) / peak``, computed so that the end of warmup is exactly 1.0."""
         if self.warmup_steps and step <= self.warmup_steps:
             return step / self.warmup_steps
-        if self.kind == "constant":
-            return 1.0
+        if self.kind not in DECAYS:
+            raise ValueError(f"unknown schedule {self.kind!r}")
         # Progress through the decay, 0 right after warmup (or the rebase step); it reaches 1
         # one step after the last, so the final step still learns something.
         start, start_factor = max(self.warmup_steps, 1), 1.0  # without warmup, step 1 is the peak
@@ -54,12 +63,7 @@ class LRSchedule:
             start, start_factor = self.rebase_step, self.rebase_factor
         span = max(1, self.total_steps - start + 1)
         progress = min(1.0, max(0.0, (step - start) / span))
-        if self.kind == "linear":
-            decay = 1.0 - progress
-        elif self.kind == "cosine":
-            decay = 0.5 * (1.0 + math.cos(math.pi * progress))
-        else:
-            raise ValueError(f"unknown schedule {self.kind!r}")
+        decay = DECAYS[self.kind](progress)
         floor = self.min_lr / self.peak
         return floor + (start_factor - floor) * decay
 
@@ -70,27 +74,8 @@ class LRSchedule:
         return dataclasses.replace(self, total_steps=total_steps, rebase_step=at_step,
                                    rebase_factor=self.factor(at_step))
 
-    def multiplier(self, scheduler_steps_done: int) -> float:
-        """For ``LambdaLR``: after ``n`` scheduler steps, the next optimizer step is ``n + 1``."""
-        return self.factor(scheduler_steps_done + 1)
 
-
-def restore_schedule(optimizer: torch.optim.Optimizer, scheduler, schedule: LRSchedule,
-                     steps_done: int) -> None:
-    """After loading a checkpoint: the optimizer's saved rates belong to the old run's
-    schedule; set those of *this* schedule for the next step (peak and step count included)."""
-    scheduler.lr_lambdas = [schedule.multiplier] * len(optimizer.param_groups)
-    scheduler.base_lrs = [schedule.peak] * len(optimizer.param_groups)
-    scheduler.last_epoch = steps_done
+def set_learning_rate(optimizer, learning_rate: float) -> None:
+    """The rate of the coming optimizer step, for every parameter group."""
     for group in optimizer.param_groups:
-        group["initial_lr"] = schedule.peak
-        group["lr"] = schedule(steps_done + 1)
-    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
-
-
-def make_scheduler(optimizer: torch.optim.Optimizer, schedule: LRSchedule) -> torch.optim.lr_scheduler.LambdaLR:
-    """A torch scheduler whose state (steps done) is saved in checkpoints."""
-    for group in optimizer.param_groups:
-        group["lr"] = schedule.peak
-        group["initial_lr"] = schedule.peak
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule.multiplier)
+        group["lr"] = learning_rate

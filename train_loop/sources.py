@@ -5,8 +5,8 @@ Every source becomes the same table of rows with three columns: ``id`` (unique, 
 transcript). Audio is not decoded here; ``features.Featurizer`` does that.
 
 Several splits joined with ``+`` (``train+validation``) are concatenated: every row of every
-split is used. (The 2022 event scripts interleaved them, which stops at the end of the
-shortest split and silently drops the rest of the longer one.)
+split is used (interleaving would stop at the end of the shortest split and drop the rest of
+the longer one).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import hashlib
 import io
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import datasets
 
@@ -65,20 +65,11 @@ def load_rows(source: SourceConfig, split: str, streaming: bool = False) -> RowS
 
 def has_split(source: SourceConfig, split: str) -> bool:
     """Whether every part of ``split`` exists (for optional splits such as the test split)."""
-    if source.data_dir:
-        return all(_local_layout(source.data_dir, name) is not None for name in split_names(split))
-    try:
-        names = datasets.get_dataset_split_names(source.dataset_name, source.dataset_config_name,
-                                                 revision=source.dataset_revision)
-    except Exception:
-        return True  # cannot tell without loading; loading will report a real problem
-    return all(name in names for name in split_names(split))
+    return all(SOURCES[source.kind()].has_split(source, name) for name in split_names(split))
 
 
 def _load_one(source: SourceConfig, split: str, streaming: bool) -> RowSource:
-    if source.data_dir:
-        return _load_local(source, split, streaming)
-    return _load_hub(source, split, streaming)
+    return SOURCES[source.kind()].load(source, split, streaming)
 
 
 # --------------------------------------------------------------------------------------------
@@ -96,6 +87,10 @@ def _local_layout(data_dir: str, split: str) -> tuple[str, str] | None:
         if os.path.isfile(tsv):
             return "common_voice", tsv
     return None
+
+
+def _local_has_split(source: SourceConfig, split: str) -> bool:
+    return _local_layout(source.data_dir, split) is not None
 
 
 def _load_local(source: SourceConfig, split: str, streaming: bool) -> RowSource:
@@ -213,6 +208,15 @@ def _require_columns(path: str, found: list[str], needed: dict[str, str]) -> Non
 # --------------------------------------------------------------------------------------------
 
 
+def _hub_has_split(source: SourceConfig, split: str) -> bool:
+    try:
+        names = datasets.get_dataset_split_names(source.dataset_name, source.dataset_config_name,
+                                                 revision=source.dataset_revision)
+    except Exception:
+        return True  # cannot tell without loading; loading will report a real problem
+    return split in names
+
+
 def _load_hub(source: SourceConfig, split: str, streaming: bool) -> RowSource:
     name = f"{source.dataset_name}" + (f"/{source.dataset_config_name}" if source.dataset_config_name else "")
     try:
@@ -255,6 +259,20 @@ def _known_hub_size(table: datasets.IterableDataset, split: str) -> int | None:
 # --------------------------------------------------------------------------------------------
 # Fingerprints: a prepared cache is reused only for exactly the same rows and files.
 # --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Source:
+    load: Callable[[SourceConfig, str, bool], RowSource]  # (config, one split, streaming) -> rows
+    has_split: Callable[[SourceConfig, str], bool]
+
+
+# One entry per data-source flag of SourceConfig (its SOURCE_FLAGS): adding a source is a flag
+# there and a loader here.
+SOURCES: dict[str, Source] = {
+    "data_dir": Source(_load_local, _local_has_split),
+    "dataset_name": Source(_load_hub, _hub_has_split),
+}
 
 
 def content_hash(*parts: Any) -> str:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .config import DataConfig, FilterConfig, SourceConfig, TrainConfig, flag, parse_sections
+from .config import DataConfig, FilterConfig, SourceConfig, flag, parse_sections
 from .errors import UserError
 from .features import SKIP_OVER_WINDOW
 
@@ -29,6 +29,8 @@ PERCENTILES = (5, 50, 95, 99)
 @dataclass
 class StatsConfig:
     """Which splits, and the tokenizer/feature extractor that defines label length and window."""
+
+    _argument_group_name = "Which splits and which tokenizer (stats)"
 
     splits: str = flag("train,validation,test", "Comma-separated splits ('+' concatenates within one).")
     model_name_or_path: str | None = flag(
@@ -62,8 +64,7 @@ def main(argv: list[str] | None = None) -> int:
 def dataset_statistics(options: StatsConfig, source: SourceConfig, filters: FilterConfig) -> str:
     from .sources import load_rows
 
-    if bool(source.dataset_name) == bool(source.data_dir):
-        raise UserError("give exactly one data source: --dataset_name (Hub) or --data_dir (local folder)")
+    source.kind()
     source.streaming = False  # statistics need every clip
     measure = _Prepared(options, source, filters) if options.model_name_or_path else _DecodedOnly(source, filters)
     blocks = [measure.header()]
@@ -77,7 +78,8 @@ class _Prepared:
     """Clips prepared as training prepares them (log-mel + tokenized labels), cached."""
 
     def __init__(self, options: StatsConfig, source: SourceConfig, filters: FilterConfig):
-        from .data import cache_key, featurizer_for, train_filters
+        from .data import train_filters
+        from .prepared import cache_key, featurizer_for
         from .model import load_processor
 
         self.source = source
@@ -85,14 +87,14 @@ class _Prepared:
         data = DataConfig()
         self.featurizer = featurizer_for(processor, data, "belarusian")
         self.key = cache_key(processor, data, "belarusian")
-        self.filters = train_filters(TrainConfig(source=source, filters=filters, data=data), processor)
+        self.filters = train_filters(filters, processor)
 
     def header(self) -> str:
         return (f"filters: {self.filters.min_seconds:g}-{self.filters.max_seconds:g} s, at most "
                 f"{self.filters.max_label_tokens} label tokens")
 
     def __call__(self, rows):
-        from .data import cache_root, prepare_split
+        from .prepared import cache_root, prepare_split
         from .features import Filters
 
         # Keep every decodable clip, so the statistics describe the whole split; the drop

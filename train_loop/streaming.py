@@ -69,13 +69,63 @@ class RowShards:
                 yield row
 
 
+class ShuffledReader:
+    """One reader's rows of one epoch: its shards in order, through a shuffle buffer.
+
+    The state is explicit and small: the position (which of its shards, how many rows of it
+    were read, rows seen in all), the buffered rows (references and text, not decoded audio)
+    and the random generator. ``state_dict`` between two rows is an exact place to resume.
+    """
+
+    def __init__(self, shards: RowShards, my_shards: list[int], strided: bool, reader: int, readers: int,
+                 buffer_size: int, epoch: int, seed: int):
+        self.shards, self.my_shards, self.strided = shards, my_shards, strided
+        self.reader, self.readers, self.buffer_size = reader, readers, buffer_size
+        self.epoch = epoch
+        self.shard_position = 0  # index into my_shards
+        self.row = 0  # rows of that shard already read
+        self.rows_seen = 0  # rows read in all (the stride counts these)
+        self.buffer: list[dict[str, Any]] = []
+        self.rng = random.Random(f"{seed}-{epoch}-{reader}")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"phase": "reading", "epoch": self.epoch, "shard_position": self.shard_position, "row": self.row,
+                "rows_seen": self.rows_seen, "buffer": list(self.buffer), "rng": self.rng.getstate()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.shard_position, self.row, self.rows_seen = state["shard_position"], state["row"], state["rows_seen"]
+        self.buffer = list(state["buffer"])
+        self.rng.setstate(_as_tuples(state["rng"]))
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        while self.shard_position < len(self.my_shards):
+            for row in self.shards.read(self.my_shards[self.shard_position], self.row):
+                self.row += 1
+                self.rows_seen += 1
+                if self.strided and (self.rows_seen - 1) % self.readers != self.reader:
+                    continue
+                row = {"id": row["id"], "audio": row["audio"], "text": row["text"]}
+                if self.buffer_size <= 1:
+                    yield row
+                elif len(self.buffer) < self.buffer_size:
+                    self.buffer.append(row)
+                else:
+                    slot = self.rng.randrange(len(self.buffer))
+                    self.buffer[slot], row = row, self.buffer[slot]
+                    yield row
+            self.shard_position += 1
+            self.row = 0
+        while self.buffer:
+            yield self.buffer.pop(self.rng.randrange(len(self.buffer)))
+
+
 class StreamingBatches(IterableDataset):
     """Batches of exactly ``batch_size`` usable clips (the last of an epoch may be smaller when
     ``drop_last`` is false), each with ``skipped``: the rows dropped, by reason, since the
     previous batch of the same worker.
 
     ``process_index``/``num_processes`` split the shards between training processes; each
-    DataLoader worker of a process then takes its own part.
+    DataLoader worker of a process then takes its own part (a ``ShuffledReader``).
     """
 
     def __init__(self, shards: RowShards, featurizer: Featurizer, filters: Filters,
@@ -92,7 +142,9 @@ class StreamingBatches(IterableDataset):
         self.process_index = process_index
         self.num_processes = num_processes
         self.epoch = 0
-        self._state: dict[str, Any] | None = None  # this worker's position (see state_dict)
+        self._reader: ShuffledReader | None = None  # reading this epoch
+        self._restored: dict[str, Any] | None = None  # a reader's state to continue from
+        self._done = False  # this reader finished the epoch
 
     def set_epoch(self, epoch: int) -> None:
         # Takes effect for the next iterator: workers get a fresh copy of this object.
@@ -101,22 +153,24 @@ class StreamingBatches(IterableDataset):
     # ---- state (called by StatefulDataLoader in the worker that owns it) ----------------
 
     def state_dict(self) -> dict[str, Any]:
-        """``phase`` 'fresh' (nothing read this epoch), 'reading' (with the position, the
-        buffered rows and the generator) or 'done' (this reader finished the epoch)."""
-        if self._state is None:
-            return {"phase": "fresh", "epoch": self.epoch}
-        state = dict(self._state)
-        if "buffer" in state:
-            state["buffer"] = list(state["buffer"])
-        return state
+        """``phase`` 'fresh' (nothing read this epoch), 'reading' (the reader's state) or 'done'
+        (this reader finished the epoch)."""
+        if self._done:
+            return {"phase": "done", "epoch": self.epoch}
+        if self._reader is not None:
+            return self._reader.state_dict()
+        if self._restored is not None:
+            return dict(self._restored)
+        return {"phase": "fresh", "epoch": self.epoch}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.epoch = state["epoch"]
-        self._state = None if state["phase"] == "fresh" else dict(state, buffer=list(state.get("buffer", [])))
+        self._reader, self._done = None, state["phase"] == "done"
+        self._restored = dict(state) if state["phase"] == "reading" else None
 
     # ---- reading ------------------------------------------------------------------------
 
-    def _reader(self) -> tuple[int, int]:
+    def _reader_index(self) -> tuple[int, int]:
         """(this reader's index, number of readers) over all processes and workers."""
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
@@ -132,46 +186,25 @@ class StreamingBatches(IterableDataset):
             return order[reader::readers], False
         return order, True
 
+    def _start_reader(self) -> ShuffledReader:
+        reader, readers = self._reader_index()
+        my_shards, strided = self._my_shards(self.epoch, reader, readers)
+        started = ShuffledReader(self.shards, my_shards, strided, reader, readers, self.shuffle_buffer_size,
+                                 self.epoch, self.seed)
+        if self._restored is not None:
+            started.load_state_dict(self._restored)
+            self._restored = None
+        return started
+
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        reader, readers = self._reader()
-        if self._state is not None and self._state["phase"] == "done":
-            self._state = None  # restored at the end of an epoch: nothing left to read
+        if self._done:
+            self._done = False  # restored at the end of an epoch: nothing left to read
             return
-        if self._state is None:  # a fresh epoch
-            rng = random.Random(f"{self.seed}-{self.epoch}-{reader}")
-            self._state = {"phase": "reading", "epoch": self.epoch, "shard_position": 0, "row": 0,
-                           "rows_seen": 0, "buffer": [], "rng": rng.getstate()}
-        state = self._state
-        rng = random.Random()
-        rng.setstate(state["rng"])
-        shards, strided = self._my_shards(state["epoch"], reader, readers)
+        self._reader = reader = self._start_reader()
         examples: list[dict[str, Any]] = []
         skipped: Counter = Counter()
         details: list[str] = []
-
-        def rows_in_shuffled_order() -> Iterator[dict[str, Any]]:
-            buffer = state["buffer"]
-            while state["shard_position"] < len(shards):
-                for row in self.shards.read(shards[state["shard_position"]], state["row"]):
-                    state["row"] += 1
-                    state["rows_seen"] += 1
-                    if strided and (state["rows_seen"] - 1) % readers != reader:
-                        continue
-                    row = {"id": row["id"], "audio": row["audio"], "text": row["text"]}
-                    if self.shuffle_buffer_size <= 1:
-                        yield row
-                    elif len(buffer) < self.shuffle_buffer_size:
-                        buffer.append(row)
-                    else:
-                        slot = rng.randrange(len(buffer))
-                        buffer[slot], row = row, buffer[slot]
-                        yield row
-                state["shard_position"] += 1
-                state["row"] = 0
-            while buffer:
-                yield buffer.pop(rng.randrange(len(buffer)))
-
-        for row in rows_in_shuffled_order():
+        for row in reader:
             example = self.featurizer(row["id"], row["audio"], row["text"])
             reason = example["skip_reason"] or self.filters.reason(example["duration"], example["label_tokens"])
             if reason:
@@ -181,13 +214,12 @@ class StreamingBatches(IterableDataset):
                 continue
             examples.append(example)
             if len(examples) == self.batch_size:
-                state["rng"] = rng.getstate()
                 batch = self.collator(examples)
                 batch["skipped"] = _report(len(examples), skipped, details)
                 examples, skipped, details = [], Counter(), []
                 yield batch
         # The epoch is over for this reader; a checkpoint taken from here on must not read it again.
-        self._state = {"phase": "done", "epoch": state["epoch"]}
+        self._reader, self._done = None, True
         if examples and not self.drop_last:
             batch = self.collator(examples)
             batch["skipped"] = _report(len(examples), skipped, details)
@@ -198,7 +230,12 @@ class StreamingBatches(IterableDataset):
             if sum(skipped.values()):
                 # No batch left to yield, but the rows read since the last one must be counted.
                 yield {"skipped": _report(0, skipped, details), "ids": []}
-        self._state = None
+        self._done = False
+
+
+def _as_tuples(state: Any) -> Any:
+    """random.Random.setstate needs tuples; a state that went through a checkpoint may hold lists."""
+    return tuple(_as_tuples(item) for item in state) if isinstance(state, (list, tuple)) else state
 
 
 def _report(used: int, skipped: Counter, details: list[str]) -> SkipReport:

@@ -55,11 +55,33 @@ class Setup:
 
 def setup_for(args) -> Setup:
     if getattr(args, "smoke", False):  # the test suite's run through every code path
-        return Setup(True, 24, 6, 4, 4, 2, 8, 2, 4, 40, 4, 2, 2.0)
+        return Setup(quick=True, train_rows=24, eval_rows=6, batch_size=4, steps=4, warmup=2,
+                     eval_batch_size=8, baseline_eval_batch_size=2, generation_max_length=4,
+                     resume_rows=40, resume_step=4, window_seconds=2, max_clip_seconds=2.0)
     if args.quick:  # the demo's model shape: a 4 s window, clips of 1-4 s
-        return Setup(True, 160, 48, 8, 30, 10, 64, 8, 24, 1000, 200, 4, 4.0)
+        return Setup(quick=True, train_rows=160, eval_rows=48, batch_size=8, steps=30, warmup=10,
+                     eval_batch_size=64, baseline_eval_batch_size=8, generation_max_length=24,
+                     resume_rows=1000, resume_step=200, window_seconds=4, max_clip_seconds=4.0)
     # The real 30 s window: on CPU the encoder then dominates both training and evaluation.
-    return Setup(False, 512, 128, 16, 40, 10, 128, 16, 64, 10_000, 5_000, 30, 5.0)
+    return Setup(quick=False, train_rows=512, eval_rows=128, batch_size=16, steps=40, warmup=10,
+                 eval_batch_size=128, baseline_eval_batch_size=16, generation_max_length=64,
+                 resume_rows=10_000, resume_step=5_000, window_seconds=30, max_clip_seconds=5.0)
+
+
+@dataclass
+class Bench:
+    """What every benchmark below measures on: the same model, data, setup and precision."""
+
+    model: str
+    data: str
+    work: str
+    setup: Setup
+    precision: str
+    gradient_checkpointing: bool
+    repeats: int
+
+
+Rows = list[tuple[str, str, str]]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,34 +120,59 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, object] = {"device": torch.cuda.get_device_name(0) if gpu else f"CPU ({os.cpu_count()} cores)",
                                   "model": os.path.basename(model.rstrip("/")), "precision": precision,
                                   "batch_size": setup.batch_size, "repeats": args.repeats}
-    rows: list[tuple[str, str, str]] = []
+    rows: Rows = []
 
-    # 1. Training throughput, side by side: alternating runs, the median of each side.
-    from .trainer_baseline import eval_throughput, train_throughput
+    bench = Bench(model, data, work, setup, precision, args.gradient_checkpointing, args.repeats)
+    train_rate = compare_training(bench, results, rows)
+    measure_data_pipeline(bench, train_rate, results, rows)
+    compare_evaluation(bench, results, rows)
+    measure_mfu(bench, train_rate, results, rows)
+    if not args.skip_resume:
+        measure_resume_time(bench, results, rows)
 
-    ours_dir = os.path.join(work, "ours")
+    print_table(results, rows)
+    print(json.dumps(results), flush=True)
+    return 0
+
+
+def compare_training(bench: Bench, results: dict, rows: Rows) -> float:
+    """1. Training throughput, side by side: alternating runs, the median of each side."""
+    from .trainer_baseline import train_throughput
+
+    setup = bench.setup
     ours_runs, baseline_runs = [], []
-    for _ in range(args.repeats):
-        ours_runs.append(our_train_throughput(model, data, ours_dir, setup, precision, args.gradient_checkpointing))
-        baseline_runs.append(train_throughput(model, data, os.path.join(work, "trainer"), setup.batch_size,
-                                              setup.steps, setup.warmup, 1e-4, args.gradient_checkpointing,
-                                              precision))
+    for _ in range(bench.repeats):
+        ours_runs.append(our_train_throughput(bench.model, bench.data, os.path.join(bench.work, "ours"), setup,
+                                              bench.precision, bench.gradient_checkpointing))
+        baseline_runs.append(train_throughput(bench.model, bench.data, os.path.join(bench.work, "trainer"),
+                                              setup.batch_size, setup.steps, setup.warmup, 1e-4,
+                                              bench.gradient_checkpointing, bench.precision))
     ours, baseline = statistics.median(ours_runs), statistics.median(baseline_runs)
     results["train_samples_per_second"] = round(ours, 2)
     results["trainer_train_samples_per_second"] = round(baseline, 2)
     results["train_speedup_vs_trainer"] = round(ours / baseline, 2)
     rows.append(("training samples/s", f"{ours:.1f}", f"{baseline:.1f}  ({ours / baseline:.2f}x)"))
+    return ours
 
-    # 2. Data pipeline alone.
-    pipeline = data_pipeline_rates(model, data, work, setup)
+
+def measure_data_pipeline(bench: Bench, train_rate: float, results: dict, rows: Rows) -> None:
+    """2. The data pipeline alone, next to what the model consumes."""
+    pipeline = data_pipeline_rates(bench.model, bench.data, bench.work, bench.setup)
     results["data_pipeline"] = pipeline
     for name, rate in pipeline.items():
-        rows.append((f"data: {name} samples/s", f"{rate:.1f}", f"model consumes {ours:.1f}"))
+        rows.append((f"data: {name} samples/s", f"{rate:.1f}", f"model consumes {train_rate:.1f}"))
 
-    # 3. Evaluation, side by side, on the model our run produced.
-    trained = ours_dir
+
+def compare_evaluation(bench: Bench, results: dict, rows: Rows) -> None:
+    """3. Evaluation, side by side, on the model our training run produced."""
+    from ..metrics import error_rates
+    from ..text import BelarusianTextNormalizer
+    from .trainer_baseline import eval_throughput
+
+    setup, precision, work, data = bench.setup, bench.precision, bench.work, bench.data
+    trained = os.path.join(work, "ours")
     rates: dict[str, list[float]] = {"ours": [], "same_batch": [], "trainer": []}
-    for _ in range(args.repeats + 1):
+    for _ in range(bench.repeats + 1):
         rate, ours_predictions = our_eval_throughput(trained, data, work, setup, setup.eval_batch_size, precision)
         rates["ours"].append(rate)
         rate, same_batch_predictions = our_eval_throughput(trained, data, work, setup,
@@ -136,8 +183,6 @@ def main(argv: list[str] | None = None) -> int:
                                                  precision=precision)
         rates["trainer"].append(rate)
     ours_eval, same_batch, base_eval = (statistics.median(rates[k]) for k in ("ours", "same_batch", "trainer"))
-    from ..metrics import error_rates
-    from ..text import BelarusianTextNormalizer
 
     def wer(predictions):
         return error_rates([p["reference"] for p in predictions], [p["prediction"] for p in predictions],
@@ -165,25 +210,25 @@ def main(argv: list[str] | None = None) -> int:
     rows.append(("eval WER %", f"{ours_wer:.2f}", f"{base_wer:.2f}  (equal: {results['eval_wer_equal']}; "
                                                   f"{100 * identical:.0f}% of transcripts identical)"))
 
-    # 4. MFU (GPU only).
-    mfu = model_flops_utilization(trained, ours, data)
+
+def measure_mfu(bench: Bench, train_rate: float, results: dict, rows: Rows) -> None:
+    """4. Model FLOPs utilization of the training run (GPU only)."""
+    mfu = model_flops_utilization(os.path.join(bench.work, "ours"), train_rate, bench.data)
     results["mfu"] = mfu
     rows.append(("MFU (bf16 peak)", "n/a on CPU" if mfu is None else f"{100 * mfu:.1f}%", ""))
 
-    # 5. Resume.
-    if not args.skip_resume:
-        from .resume import measure_resume
 
-        resume = measure_resume(os.path.join(work, "resume"), setup.resume_rows, setup.resume_step)
-        results["resume_to_first_step_seconds"] = resume["resume_to_first_resumed_step_s"]
-        results["fresh_start_to_first_step_seconds"] = resume["fresh_start_to_first_step_s"]
-        rows.append((f"launch -> first step, resume at {setup.resume_step} of {setup.resume_rows} rows (s)",
-                     f"{resume['resume_to_first_resumed_step_s']:.2f}",
-                     f"fresh start {resume['fresh_start_to_first_step_s']:.2f}"))
+def measure_resume_time(bench: Bench, results: dict, rows: Rows) -> None:
+    """5. Launch to the first resumed step, against a fresh start."""
+    from .resume import measure_resume
 
-    print_table(results, rows)
-    print(json.dumps(results), flush=True)
-    return 0
+    setup = bench.setup
+    resume = measure_resume(os.path.join(bench.work, "resume"), setup.resume_rows, setup.resume_step)
+    results["resume_to_first_step_seconds"] = resume["resume_to_first_resumed_step_s"]
+    results["fresh_start_to_first_step_seconds"] = resume["fresh_start_to_first_step_s"]
+    rows.append((f"launch -> first step, resume at {setup.resume_step} of {setup.resume_rows} rows (s)",
+                 f"{resume['resume_to_first_resumed_step_s']:.2f}",
+                 f"fresh start {resume['fresh_start_to_first_step_s']:.2f}"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -245,7 +290,8 @@ def our_eval_throughput(model: str, data: str, work: str, setup: Setup, batch_si
                               mixed_precision=None if precision == "no" else precision)
     processor = load_processor(model, config.model.language, config.model.task)
     whisper = accelerator.prepare(load_model(config.model, processor))
-    eval_set = build_eval_set(config, processor, accelerator, "validation", None)  # prepared once, cached
+    eval_set = build_eval_set(config.source, config.data, processor, accelerator, "validation",  # prepared once, cached
+                              batch_size=batch_size, max_samples=None, eval_normalizer="belarusian")
     settings = GenerationSettings(config.model.language, config.model.task, setup.generation_max_length)
     predictions_path = os.path.join(work, "ours-eval", f"batch-{batch_size}.jsonl")
     result = evaluate(whisper, eval_set, processor.tokenizer, settings, accelerator, BelarusianTextNormalizer(),
@@ -272,7 +318,9 @@ def data_pipeline_rates(model: str, data: str, work: str, setup: Setup) -> dict[
                                                    dataloader_num_workers=workers,
                                                    streaming=str(streaming).lower()))
             processor = load_processor(model, "be", "transcribe")
-            train = build_train_batches(config, processor, accelerator)
+            train = build_train_batches(config.source, config.data, config.filters, processor, accelerator,
+                                        batch_size=setup.batch_size, seed=config.training.seed,
+                                        eval_normalizer=config.eval.eval_normalizer)
             next(train)  # worker start-up is not throughput
             started = time.perf_counter()
             clips = sum(len(next(train)["ids"]) for _ in range(batches))

@@ -1,0 +1,73 @@
+"""Which clips go into which batch, on which process: the training order (shuffled per epoch,
+resumable at any batch) and the evaluation order (longest first, dealt to processes)."""
+
+from __future__ import annotations
+
+import math
+from typing import Iterator
+
+import numpy as np
+import torch
+
+
+class ShardedBatchSampler(torch.utils.data.Sampler):
+    """Deterministic, resumable batches for every process.
+
+    Epoch ``e`` orders the rows by a permutation seeded with (seed, e) and cuts it into global
+    batches of ``batch_size * num_processes``; process ``p`` takes slice ``p`` of each. So one
+    process with batch 4, two with batch 2, and batch 2 with 2 accumulation steps all see the
+    same clips in every optimizer step. ``set_epoch(e, start_batch=k)`` resumes at batch ``k``
+    without touching the rows before it. The last incomplete global batch of an epoch is left
+    out (a different remainder every epoch, since the order is reshuffled).
+    """
+
+    def __init__(self, num_rows: int, batch_size: int, num_processes: int = 1,
+                 process_index: int = 0, seed: int = 0, shuffle: bool = True):
+        self.num_rows = num_rows
+        self.batch_size = batch_size
+        self.num_processes = num_processes
+        self.process_index = process_index
+        self.seed = seed
+        self.shuffle = shuffle
+        self.epoch = 0
+        self.start_batch = 0
+
+    @property
+    def global_batch_size(self) -> int:
+        return self.batch_size * self.num_processes
+
+    def __len__(self) -> int:
+        return self.num_rows // self.global_batch_size - self.start_batch
+
+    def batches_per_epoch(self) -> int:
+        return self.num_rows // self.global_batch_size
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.epoch, self.start_batch = epoch, start_batch
+
+    def order(self, epoch: int) -> np.ndarray:
+        if not self.shuffle:
+            return np.arange(self.num_rows)
+        return np.random.default_rng([self.seed, epoch]).permutation(self.num_rows)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        order = self.order(self.epoch)
+        lo = self.process_index * self.batch_size
+        for batch in range(self.start_batch, self.batches_per_epoch()):
+            start = batch * self.global_batch_size
+            yield order[start + lo : start + lo + self.batch_size].tolist()
+
+
+def eval_batches(durations: np.ndarray, batch_size: int, num_processes: int,
+                 process_index: int) -> list[list[int]]:
+    """Longest clips first (a batch of similar lengths finishes together, and memory peaks at
+    the start), dealt round-robin to processes. Every process gets the same number of batches
+    (generation under ZeRO-3 needs all of them in every step): one short of a batch repeats a
+    clip, which the merge by id removes."""
+    order = np.argsort(-durations, kind="stable")
+    mine = order[process_index::num_processes]
+    batches = [mine[i : i + batch_size].tolist() for i in range(0, len(mine), batch_size)]
+    most = math.ceil(math.ceil(len(order) / num_processes) / batch_size)
+    while len(batches) < most:
+        batches.append([int(order[0])])
+    return batches
