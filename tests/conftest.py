@@ -59,6 +59,16 @@ def tiny_model_dir(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
+def model_30s(tmp_path_factory) -> str:
+    """A random tiny Whisper with the real 30 s window (3000 frames, 1500 encoder positions):
+    what faster-whisper and whisper.cpp require (both hard-code 30 s)."""
+    from train_loop.model import build_tiny_whisper
+
+    path = tmp_path_factory.mktemp("tiny-whisper-30s")
+    return build_tiny_whisper(str(path), chunk_length=30, d_model=64, layers=2, heads=4)
+
+
+@pytest.fixture(scope="session")
 def processor(tiny_model_dir):
     from train_loop.model import load_processor
 

@@ -68,3 +68,56 @@ def test_evaluate_transcribes_like_plain_generate_on_the_real_base(real_whisper_
     if language == "en":  # the real model, zero-shot, on clear synthetic English
         result = json.loads((out / "eval" / "test-results.json").read_text())
         assert result["wer"] < 35
+
+
+@pytest.mark.parametrize("fmt", ["ctranslate2", "ggml"])
+def test_the_real_base_exported_transcribes_in_its_runtime_within_the_parity_threshold(real_whisper_base, tmp_path,
+                                                                                      fmt):
+    pytest.importorskip("faster_whisper" if fmt == "ctranslate2" else "pywhispercpp")
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    data = _speech(tmp_path / "speech", ENGLISH, "en-us")
+    out = tmp_path / fmt
+    result = subprocess.run([sys.executable, "-m", "train_loop.export", "--model", str(real_whisper_base),
+                             "--format", fmt, "--output_dir", str(out), "--check_data_dir", str(data),
+                             "--check_split", "test", "--language", "en", "--eval_normalizer", "basic"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=1800)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    report = json.loads((out / "parity.json").read_text())
+    assert report["clips"] == len(ENGLISH) and report["passed"]
+    assert report["runtime_wer"] < 35
+
+
+def test_long_audio_is_transcribed_whole_by_the_real_base(real_whisper_base, tmp_path):
+    """Eight sentences with pauses, 40 s in one file: sequential long-form decoding must give
+    every sentence, in order, with segment times inside the file."""
+    import subprocess
+    import sys
+
+    import numpy as np
+    import soundfile as sf
+
+    from conftest import ROOT
+    from train_loop.audio import decode_audio
+
+    parts = []
+    for i, text in enumerate(ENGLISH):
+        parts += [decode_audio(str(espeak(text, tmp_path / f"{i}.wav", "en-us"))), np.zeros(32000, np.float32)]
+    audio = np.concatenate(parts)
+    sf.write(tmp_path / "long.wav", audio, 16000)
+    result = subprocess.run([sys.executable, "-m", "train_loop.transcribe", "--model", str(real_whisper_base),
+                             "--language", "en", "--format", "jsonl", str(tmp_path / "long.wav")],
+                            cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-2000:]
+    record = json.loads(result.stdout.strip().splitlines()[-1])
+    assert record["duration"] > 30
+    words = record["text"].lower()
+    last_words = [text.rstrip(".").split()[-1].lower() for text in ENGLISH]
+    positions = [words.find(word) for word in last_words]
+    assert sum(p >= 0 for p in positions) >= 7, (words, last_words)
+    found = [p for p in positions if p >= 0]
+    assert found == sorted(found)  # in the order spoken
+    assert record["segments"][-1]["end"] <= record["duration"] and record["segments"][-1]["start"] > 20
