@@ -1,0 +1,442 @@
+"""A local page to see what a run's model learned: curves, errors you can listen to, and
+side-by-side transcription.
+
+    python -m train_loop.app runs/small-be
+    python -m train_loop.app runs/small-be --compare openai/whisper-small --port 7860
+
+Built with Gradio (its audio upload/record widget, tables and plots are what this page needs,
+and it serves offline). The page reads the run folder and never writes into it (Gradio's
+temporary files go to a temporary folder of their own), works on a finished run and on one
+still training (reload to see new steps), and starts in seconds: models load on the first
+transcription.
+
+1. **Run**: the WER table, the training curves, the best checkpoint and how it was chosen, the
+   run's flags.
+2. **Errors**: every clip of one evaluation (``eval/step-N.jsonl``) with its reference and
+   prediction, the word differences marked, worst clips first, filterable by text; the audio
+   of a clip plays when its file is still where the run read it. Comparing two evaluations
+   lists the clips that got better or worse.
+3. **Try it**: upload or record audio; the run's model (and ``--compare MODEL``) transcribe it
+   side by side, with the time each took.
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+from typing import Any
+
+from .errors import UserError
+
+_STEP_FILE = re.compile(r"^(test-)?step-(\d+)\.jsonl$")
+SORTS = ("word errors (worst first)", "clip WER (worst first)", "clip id")
+
+
+# --------------------------------------------------------------------------------------------
+# The run folder, read only
+# --------------------------------------------------------------------------------------------
+
+
+class RunFolder:
+    """What a run's output folder holds, read on demand (a live run keeps changing)."""
+
+    def __init__(self, root: str):
+        self.root = root
+        if not os.path.isdir(root):
+            raise UserError(f"{root}: no such folder; give a run's --output_dir")
+        marks = ("metrics.jsonl", "results.json", "best_checkpoint.json")
+        if not any(os.path.isfile(os.path.join(root, mark)) for mark in marks) and not self.checkpoints():
+            raise UserError(f"{root} is not a training run's output folder: it has no metrics.jsonl, results.json "
+                            "or checkpoint-N (give the --output_dir of a run of train_loop.main)")
+
+    def path(self, *parts: str) -> str:
+        return os.path.join(self.root, *parts)
+
+    def checkpoints(self) -> list[str]:
+        from .checkpoint import complete_checkpoints
+
+        return [path for _, path in complete_checkpoints(self.root)]
+
+    def metrics(self) -> list[dict[str, Any]]:
+        from .plot import read_metrics
+
+        return read_metrics(self.root) if os.path.isfile(self.path("metrics.jsonl")) else []
+
+    def flags(self) -> dict[str, Any]:
+        """The run's flags: the newest checkpoint's run_config.json."""
+        for checkpoint in reversed(self.checkpoints()):
+            config = os.path.join(checkpoint, "run_config.json")
+            if os.path.isfile(config):
+                with open(config, encoding="utf-8") as handle:
+                    return json.load(handle)
+        return {}
+
+    def best(self) -> dict[str, Any] | None:
+        if not os.path.isfile(self.path("best_checkpoint.json")):
+            return None
+        with open(self.path("best_checkpoint.json"), encoding="utf-8") as handle:
+            return json.load(handle)
+
+    def evaluations(self) -> list[dict[str, Any]]:
+        """One row per evaluation in metrics.jsonl: step, split, clips, WER, CER, raw WER."""
+        flags = self.flags()
+        rows = []
+        for record in self.metrics():
+            for prefix, split_flag in (("eval", "eval_split_name"), ("test", "test_split_name")):
+                if f"{prefix}_samples" in record:
+                    rows.append({"step": record["step"], "split": flags.get(split_flag, prefix), "kind": prefix,
+                                 "clips": record.get(f"{prefix}_samples"), "wer": record.get(f"{prefix}_wer"),
+                                 "cer": record.get(f"{prefix}_cer"), "wer_raw": record.get(f"{prefix}_wer_raw")})
+        return rows
+
+    def prediction_files(self) -> dict[str, str]:
+        """label -> path of every per-clip prediction file, in step order."""
+        folder = self.path("eval")
+        if not os.path.isdir(folder):
+            return {}
+        found = []
+        for name in os.listdir(folder):
+            match = _STEP_FILE.match(name)
+            if match:
+                kind = "test" if match.group(1) else "eval"
+                found.append((int(match.group(2)), kind, os.path.join(folder, name)))
+        flags = self.flags()
+        return {f"{flags.get(kind + '_split_name', kind)} @ step {step}" + (" (final model)" if kind == "test" else ""):
+                path for step, kind, path in sorted(found)}
+
+    def model_dir(self) -> str | None:
+        """The final model, else the newest checkpoint (a run still training)."""
+        if os.path.isfile(self.path("model.safetensors")):
+            return self.root
+        checkpoints = self.checkpoints()
+        return checkpoints[-1] if checkpoints else None
+
+
+def read_predictions(path: str) -> list[dict[str, Any]]:
+    with open(path, encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+# --------------------------------------------------------------------------------------------
+# Word differences
+# --------------------------------------------------------------------------------------------
+
+
+def word_diff_html(reference: str, prediction: str) -> str:
+    """The prediction against the reference, word by word: substitutions show the reference
+    word struck through and the predicted one, deletions struck through, insertions underlined."""
+    import jiwer
+
+    ref_words, hyp_words = reference.split(), prediction.split()
+    if not ref_words:
+        return " ".join(f'<ins class="ins" {_INSERTED}>{html.escape(w)}</ins>' for w in hyp_words)
+    if not hyp_words:
+        return " ".join(f'<del class="del" {_DELETED}>{html.escape(w)}</del>' for w in ref_words)
+    parts = []
+    for chunk in jiwer.process_words(reference, prediction).alignments[0]:
+        ref = [html.escape(w) for w in ref_words[chunk.ref_start_idx:chunk.ref_end_idx]]
+        hyp = [html.escape(w) for w in hyp_words[chunk.hyp_start_idx:chunk.hyp_end_idx]]
+        if chunk.type == "equal":
+            parts.append(" ".join(ref))
+        elif chunk.type == "substitute":
+            parts.extend(f'<del class="sub" {_DELETED}>{r}</del>&nbsp;<ins class="sub" {_SUBSTITUTED}>{h}</ins>' for r, h in zip(ref, hyp))
+        elif chunk.type == "delete":
+            parts.extend(f'<del class="del" {_DELETED}>{r}</del>' for r in ref)
+        else:
+            parts.extend(f'<ins class="ins" {_INSERTED}>{h}</ins>' for h in hyp)
+    return " ".join(parts)
+
+
+# Inline styles: Gradio's HTML component drops <style> blocks. The class names stay for tests.
+_DELETED = 'style="color:#b00020;text-decoration:line-through"'
+_SUBSTITUTED = 'style="color:#0b57d0;text-decoration:none;font-weight:600"'
+_INSERTED = 'style="color:#0b57d0;text-decoration:underline;font-weight:600"'
+_TABLE = 'class="clips" style="border-collapse:collapse;width:100%;font-size:0.92em"'
+
+
+def clips_table(rows: list[dict[str, Any]], sort: str, text_filter: str, limit: int = 200) -> tuple[str, list[str]]:
+    """(HTML table, clip ids in table order) of one evaluation's clips."""
+    needle = text_filter.strip().lower()
+    if needle:
+        rows = [r for r in rows if needle in r["reference"].lower() or needle in r["prediction"].lower()
+                or needle in r["id"].lower()]
+    if sort == SORTS[0]:
+        rows = sorted(rows, key=lambda r: (-r["word_errors"], r["id"]))
+    elif sort == SORTS[1]:
+        rows = sorted(rows, key=lambda r: (-r["word_errors"] / max(1, r["reference_words"]), r["id"]))
+    else:
+        rows = sorted(rows, key=lambda r: r["id"])
+    shown = rows[:limit]
+    lines = [f"<p>{len(rows)} clips" + (f" (first {limit} shown)" if len(rows) > limit else "") + "</p>",
+             f'<table {_TABLE}><tr><th>clip</th><th>word errors</th><th>reference</th>'
+             '<th>prediction (differences marked)</th></tr>']
+    for r in shown:
+        lines.append(f'<tr class="clip-row"><td>{html.escape(r["id"])}</td>'
+                     f'<td>{r["word_errors"]} / {r["reference_words"]}</td>'
+                     f'<td>{html.escape(r["reference"])}</td>'
+                     f'<td>{word_diff_html(r["reference_normalized"], r["prediction_normalized"])}</td></tr>')
+    lines.append("</table>")
+    return "\n".join(lines), [r["id"] for r in shown]
+
+
+def comparison_table(before: list[dict[str, Any]], after: list[dict[str, Any]], limit: int = 200) -> str:
+    """Clips in both evaluations, the ones that got worse first."""
+    old = {r["id"]: r for r in before}
+    pairs = [(old[r["id"]], r) for r in after if r["id"] in old]
+    pairs.sort(key=lambda pair: (-(pair[1]["word_errors"] - pair[0]["word_errors"]), pair[1]["id"]))
+    better = sum(b["word_errors"] < a["word_errors"] for a, b in pairs)
+    worse = sum(b["word_errors"] > a["word_errors"] for a, b in pairs)
+    lines = [f'<p>{len(pairs)} clips in both: <span class="better" style="color:#137333;font-weight:600">{better} better</span>, '
+             f'<span class="worse" style="color:#b00020;font-weight:600">{worse} worse</span>, {len(pairs) - better - worse} unchanged</p>',
+             f'<table {_TABLE}><tr><th>clip</th><th>errors before → after</th><th>before</th><th>after</th></tr>']
+    for a, b in pairs[:limit]:
+        change = b["word_errors"] - a["word_errors"]
+        mark = "worse" if change > 0 else "better" if change < 0 else ""
+        color = {"worse": "#b00020", "better": "#137333"}.get(mark, "inherit")
+        lines.append(f'<tr><td>{html.escape(b["id"])}</td><td class="{mark}" style="color:{color}">{a["word_errors"]} → {b["word_errors"]}</td>'
+                     f'<td>{word_diff_html(a["reference_normalized"], a["prediction_normalized"])}</td>'
+                     f'<td>{word_diff_html(b["reference_normalized"], b["prediction_normalized"])}</td></tr>')
+    lines.append("</table>")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# Audio of a clip, and transcription
+# --------------------------------------------------------------------------------------------
+
+
+class ClipAudio:
+    """Clip id -> its audio file, from the run's data flags (the manifest is read, no audio)."""
+
+    def __init__(self, flags: dict[str, Any]):
+        self.flags = flags
+        self._by_split: dict[str, dict[str, Any]] = {}
+
+    def find(self, split: str, clip_id: str) -> tuple[Any, str]:
+        """(audio for gr.Audio or None, a note)."""
+        from .audio import AudioDecodeError, decode_audio
+
+        if not self.flags.get("data_dir") and not self.flags.get("dataset_name"):
+            return None, "the run's data flags are unknown (no checkpoint with run_config.json yet)"
+        if split not in self._by_split:
+            try:
+                from .config import SourceConfig
+                from .sources import load_rows
+
+                fields = {name: self.flags[name] for name in ("dataset_name", "dataset_config_name", "dataset_revision",
+                                                              "data_dir", "audio_column_name", "text_column_name",
+                                                              "cache_dir") if name in self.flags}
+                rows = load_rows(SourceConfig(**fields), split).rows
+                self._by_split[split] = dict(zip(rows["id"], rows["audio"]))
+            except Exception as err:  # moved data, no connection for a Hub dataset, ...
+                self._by_split[split] = {}
+                return None, f"the audio of split '{split}' is not available here ({str(err).splitlines()[0]})"
+        audio = self._by_split[split].get(clip_id)
+        if audio is None:
+            return None, f"{clip_id}: not in the split's manifest any more"
+        try:
+            import numpy as np
+
+            samples = np.clip(decode_audio(audio), -1.0, 1.0)
+            return (16000, (samples * 32767).astype(np.int16)), (audio if isinstance(audio, str) else clip_id)
+        except AudioDecodeError as err:
+            return None, f"{clip_id}: the audio is no longer where the run read it ({err})"
+
+
+class Transcribers:
+    """The run's model and the comparison model, loaded on first use."""
+
+    def __init__(self, run_model: str | None, compare: str | None, language: str | None, max_new_tokens: int = 440):
+        self.paths = {"run": run_model, "compare": compare}
+        self.language = language
+        self.max_new_tokens = max_new_tokens
+        self.loaded: dict[str, Any] = {}
+
+    def __call__(self, which: str, waveform) -> tuple[str, float]:
+        from .transcribe import Transcriber
+
+        if which not in self.loaded:
+            self.loaded[which] = Transcriber(self.paths[which], self.language, "transcribe",
+                                             max_new_tokens=self.max_new_tokens)
+        started = time.perf_counter()
+        text, _ = self.loaded[which]([waveform], timestamps=False)[0]
+        return text, time.perf_counter() - started
+
+
+# --------------------------------------------------------------------------------------------
+# The page
+# --------------------------------------------------------------------------------------------
+
+
+def build_page(run: RunFolder, compare: str | None = None, max_new_tokens: int = 440):
+    import gradio as gr
+    import numpy as np
+
+    flags = run.flags()
+    language = (flags.get("language") or None)
+    transcribers = Transcribers(run.model_dir(), compare, language, max_new_tokens)
+    audio = ClipAudio(flags)
+    theme = gr.themes.Default(font=["system-ui", "sans-serif"], font_mono=["monospace"])  # no web fonts: offline
+
+    def run_summary():
+        evaluations = run.evaluations()
+        table = [[e["step"], e["split"], e["clips"], _pct(e["wer"]), _pct(e["cer"]), _pct(e["wer_raw"])]
+                 for e in evaluations]
+        best = run.best()
+        normalizer = flags.get("eval_normalizer", "belarusian")
+        lines = [f"**Run** `{run.root}`: {len(run.metrics())} log lines, {len(evaluations)} evaluations, "
+                 f"WER after the *{normalizer}* normalizer (raw WER: the text as written)."]
+        if best:
+            lines.append(f"**Best checkpoint**: `{best['checkpoint']}` (step {best['step']}), chosen by "
+                         f"`{best['metric']}` = {best['value']:.2f}, lower is better, among the evaluations of "
+                         f"`{flags.get('eval_split_name', 'the evaluation split')}`.")
+        model = run.model_dir()
+        lines.append(f"**Model used by 'Try it'**: `{model}`" if model else "**No model saved yet.**")
+        return "\n\n".join(lines), table, _curves(run), [[k, str(v)] for k, v in sorted(flags.items())]
+
+    def show_clips(label, sort, text_filter):
+        files = run.prediction_files()
+        if label not in files:
+            return "<p>No per-clip predictions in eval/ yet.</p>", gr.update(choices=[], value=None)
+        table, ids = clips_table(read_predictions(files[label]), sort or SORTS[0], text_filter or "")
+        return table, gr.update(choices=ids, value=ids[0] if ids else None)
+
+    def play(label, clip_id):
+        if not clip_id:
+            return None, ""
+        split = label.split(" @ ")[0] if label else ""
+        sound, note = audio.find(split, clip_id)
+        return sound, note
+
+    def compare_steps(first, second):
+        files = run.prediction_files()
+        if first not in files or second not in files:
+            return "<p>Pick two evaluations.</p>"
+        return comparison_table(read_predictions(files[first]), read_predictions(files[second]))
+
+    def try_it(recording):
+        if recording is None:
+            return "(upload or record audio first)", ""
+        rate, samples = recording
+        waveform = _to_mono_16k(np.asarray(samples), int(rate))
+        outputs = []
+        for which in ("run", "compare"):
+            if transcribers.paths[which] is None:
+                outputs.append("" if which == "compare" else "no model in the run folder yet")
+                continue
+            text, seconds = transcribers(which, waveform)
+            outputs.append(f"{text}\n\n({seconds:.2f} s, {transcribers.paths[which]})")
+        return outputs[0], outputs[1]
+
+    with gr.Blocks(title=f"whisper-train-loop: {os.path.basename(os.path.normpath(run.root))}") as page:
+        gr.Markdown(f"# {os.path.basename(os.path.normpath(run.root))}")
+        with gr.Tab("Run"):
+            summary = gr.Markdown()
+            wer_table = gr.Dataframe(headers=["step", "split", "clips", "WER %", "CER %", "raw WER %"],
+                                     label="WER table", interactive=False, elem_id="wer-table")
+            curves = gr.Plot(label="training curves")
+            with gr.Accordion("the run's flags", open=False):
+                flag_table = gr.Dataframe(headers=["flag", "value"], interactive=False)
+            refresh = gr.Button("Reload the run folder")
+        with gr.Tab("Errors"):
+            labels = list(run.prediction_files())
+            during = [label for label in labels if not label.endswith("(final model)")] or labels
+            with gr.Row():
+                evaluation = gr.Dropdown(labels, value=labels[-1] if labels else None, label="evaluation")
+                sort = gr.Radio(list(SORTS), value=SORTS[0], label="order")
+                text_filter = gr.Textbox(label="filter (reference, prediction or clip id contains)")
+            with gr.Row():
+                clip = gr.Dropdown([], label="listen to clip")
+                player = gr.Audio(label="clip audio", type="numpy", interactive=False)
+                note = gr.Markdown()
+            clips = gr.HTML(elem_id="clips")
+            gr.Markdown("### Compare two evaluations")
+            with gr.Row():
+                first = gr.Dropdown(labels, value=during[0] if during else None, label="before")
+                second = gr.Dropdown(labels, value=during[-1] if during else None, label="after")
+            comparison = gr.HTML()
+        with gr.Tab("Try it"):
+            recording = gr.Audio(sources=["upload", "microphone"], type="numpy", label="audio", elem_id="try-audio")
+            go = gr.Button("Transcribe", elem_id="transcribe")
+            with gr.Row():
+                run_text = gr.Textbox(label="this run's model", lines=4, elem_id="run-transcript")
+                compare_text = gr.Textbox(label=f"comparison: {compare}" if compare else "comparison (start with --compare MODEL)",
+                                          lines=4, elem_id="compare-transcript")
+
+        outputs = [summary, wer_table, curves, flag_table]
+        page.load(run_summary, outputs=outputs)
+        refresh.click(run_summary, outputs=outputs)
+        for trigger in (page.load, evaluation.change, sort.change, text_filter.submit):
+            trigger(show_clips, [evaluation, sort, text_filter], [clips, clip])
+        clip.change(play, [evaluation, clip], [player, note])
+        for trigger in (page.load, first.change, second.change):
+            trigger(compare_steps, [first, second], comparison)
+        go.click(try_it, recording, [run_text, compare_text])
+    return page, theme
+
+
+def _curves(run: RunFolder):
+    """The figure of plot.py, drawn in memory (nothing is written into the run folder)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from .plot import draw_curves
+
+    return draw_curves(run.metrics(), os.path.basename(os.path.normpath(run.root)))
+
+
+def _to_mono_16k(samples, rate: int):
+    import numpy as np
+
+    from .audio import SAMPLING_RATE
+
+    audio = samples.astype(np.float32)
+    if np.issubdtype(samples.dtype, np.integer):
+        audio /= float(np.iinfo(samples.dtype).max)
+    if audio.ndim == 2:
+        audio = audio.mean(axis=1)
+    if rate != SAMPLING_RATE:
+        import soxr
+
+        audio = soxr.resample(audio, rate, SAMPLING_RATE)
+    return audio
+
+
+def _pct(value) -> str:
+    return "" if value is None else f"{float(value):.2f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="train_loop.app", description=__doc__.split("\n\n")[0])
+    parser.add_argument("run_dir", help="a run's output_dir")
+    parser.add_argument("--compare", default=None, help="a second model for 'Try it' (e.g. the base model)")
+    parser.add_argument("--port", type=int, default=7860)
+    parser.add_argument("--host", default="127.0.0.1", help="127.0.0.1: this machine only; 0.0.0.0: the network")
+    parser.add_argument("--generation_max_length", type=int, default=440,
+                        help="most tokens per 30 s window in 'Try it' (ends a repetition loop)")
+    args = parser.parse_args(argv)
+    from .logger import make_line_buffered, quiet_library_output
+
+    make_line_buffered()
+    quiet_library_output()
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    os.environ.setdefault("GRADIO_TEMP_DIR", tempfile.mkdtemp(prefix="train-loop-app-"))  # never the run folder
+    try:
+        run = RunFolder(args.run_dir)
+        page, theme = build_page(run, args.compare, args.generation_max_length)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"serving {args.run_dir} at http://{args.host}:{args.port} (Ctrl-C stops)", flush=True)
+    page.launch(server_name=args.host, server_port=args.port, theme=theme, show_error=True, quiet=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
