@@ -19,7 +19,7 @@ def test_bench_smoke_prints_a_table_and_a_final_json_line(tmp_path):
     summary = json.loads(lines[-1])
     for key in ("train_speedup_vs_trainer", "eval_speedup_vs_trainer", "eval_wer_equal",
                 "train_samples_per_second", "trainer_train_samples_per_second", "data_pipeline",
-                "resume_to_first_step_seconds"):
+                "resume_to_first_step_seconds", "train_vs_bare_step", "eval_vs_bare_generate"):
         assert key in summary, key
     # The ratios are the two sides' measured rates divided (nothing to assert about their size here).
     assert summary["train_speedup_vs_trainer"] == pytest.approx(

@@ -124,8 +124,10 @@ def main(argv: list[str] | None = None) -> int:
 
     bench = Bench(model, data, work, setup, precision, args.gradient_checkpointing, args.repeats)
     train_rate = compare_training(bench, results, rows)
+    measure_bare_step(bench, train_rate, results, rows)
     measure_data_pipeline(bench, train_rate, results, rows)
     compare_evaluation(bench, results, rows)
+    measure_bare_generate(bench, results, rows)
     measure_mfu(bench, train_rate, results, rows)
     if not args.skip_resume:
         measure_resume_time(bench, results, rows)
@@ -153,6 +155,109 @@ def compare_training(bench: Bench, results: dict, rows: Rows) -> float:
     results["train_speedup_vs_trainer"] = round(ours / baseline, 2)
     rows.append(("training samples/s", f"{ours:.1f}", f"{baseline:.1f}  ({ours / baseline:.2f}x)"))
     return ours
+
+
+def measure_bare_step(bench: Bench, train_rate: float, results: dict, rows: Rows) -> None:
+    """1b. The limit the model sets: forward + backward + optimizer step on ready tensors (the
+    run's own first batches, already in memory), same model, batch, precision and checkpointing;
+    no data loading, logging or bookkeeping. train_vs_bare_step = this loop / that."""
+    bare = bare_step_rate(bench)
+    results["bare_step_samples_per_second"] = round(bare, 2)
+    results["train_vs_bare_step"] = round(train_rate / bare, 3)
+    rows.append(("bare step on ready tensors samples/s", f"{bare:.1f}",
+                 f"this loop reaches {train_rate / bare:.2f} of it"))
+
+
+def measure_bare_generate(bench: Bench, results: dict, rows: Rows) -> None:
+    """3b. generate() alone on ready features, batch by batch as the evaluation batches them;
+    eval_vs_bare_generate = this project's evaluation clips/s / that."""
+    bare = bare_generate_rate(bench)
+    ours = results["eval_samples_per_second"]
+    results["bare_generate_samples_per_second"] = round(bare, 2)
+    results["eval_vs_bare_generate"] = round(ours / bare, 3)
+    rows.append((f"bare generate() on ready features clips/s (batch {bench.setup.eval_batch_size})", f"{bare:.1f}",
+                 f"the evaluation reaches {ours / bare:.2f} of it"))
+
+
+def _ready(bench: Bench, **extra):
+    """Model (prepared), optimizer and config as this project's run builds them."""
+    from accelerate import Accelerator
+
+    from ..config import parse_train_config
+    from ..model import load_model, load_processor
+    from ..optim import build_optimizer
+
+    config = parse_train_config(_our_flags(bench.model, bench.data, os.path.join(bench.work, "bare"), bench.setup,
+                                           bench.precision, gradient_checkpointing=str(bench.gradient_checkpointing).lower(),
+                                           **extra))
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(),
+                              mixed_precision=None if bench.precision == "no" else bench.precision)
+    processor = load_processor(bench.model, config.model.language, config.model.task)
+    model = load_model(config.model, processor)
+    optimizer = build_optimizer(model, config.training)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    return config, accelerator, processor, model, optimizer
+
+
+def bare_step_rate(bench: Bench) -> float:
+    from ..data import build_train_batches
+    from ..loop import token_loss_sum
+
+    setup = bench.setup
+    config, accelerator, processor, model, optimizer = _ready(bench)
+    train = build_train_batches(config.source, config.data, config.filters, processor, accelerator,
+                                batch_size=setup.batch_size, seed=config.training.seed,
+                                eval_normalizer=config.eval.eval_normalizer)
+    device = accelerator.device
+    batches = [{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in next(train).items()}
+               for _ in range(setup.steps)]
+    model.train()
+
+    def step(batch) -> None:
+        tokens = (batch["labels"] != -100).sum()
+        with accelerator.autocast():
+            loss = token_loss_sum(model, batch, device)
+        accelerator.backward(loss / tokens)
+        accelerator.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    for batch in batches[:setup.warmup]:
+        step(batch)
+    _sync()
+    started = time.perf_counter()
+    for batch in batches[setup.warmup:]:
+        step(batch)
+    _sync()
+    return (setup.steps - setup.warmup) * setup.batch_size / (time.perf_counter() - started)
+
+
+def bare_generate_rate(bench: Bench) -> float:
+    from ..data import build_eval_set
+    from ..evaluation import GenerationSettings
+
+    setup = bench.setup
+    config, accelerator, processor, model, _ = _ready(bench)
+    model = accelerator.unwrap_model(model).eval()
+    eval_set = build_eval_set(config.source, config.data, processor, accelerator, "validation",
+                              batch_size=setup.eval_batch_size, max_samples=None, eval_normalizer="belarusian")
+    batches = [batch["input_features"].to(accelerator.device) for batch in eval_set.loader if batch["ids"]]
+    kwargs = GenerationSettings(config.model.language, config.model.task, setup.generation_max_length).generate_kwargs()
+    with torch.no_grad(), accelerator.autocast():
+        model.generate(input_features=batches[0][:2], **kwargs)  # warm-up
+        _sync()
+        started = time.perf_counter()
+        clips = 0
+        for features in batches:
+            model.generate(input_features=features, **kwargs)
+            clips += len(features)
+        _sync()
+    return clips / (time.perf_counter() - started)
+
+
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
 
 
 def measure_data_pipeline(bench: Bench, train_rate: float, results: dict, rows: Rows) -> None:
