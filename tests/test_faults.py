@@ -507,3 +507,19 @@ def test_a_stream_that_yields_no_batch_is_a_clear_error(tiny_model_dir, tmp_path
     err = capsys.readouterr().err
     assert "error: the training data produced no batch in a whole epoch (train: 3 clips, 0 used, 3 skipped " \
            "(3 shorter than --min_duration_in_seconds)" in err
+
+
+def test_overwriting_a_folder_with_tensorboard_and_workers_trains_and_exits(tiny_model_dir, data, tmp_path):
+    """--overwrite_output_dir empties the folder before the trackers open their files (the
+    TensorBoard writer used to lose its folder), and a run whose DataLoader workers ignore
+    SIGTERM still exits at once (multiprocessing's exit handler would wait for them)."""
+    out = tmp_path / "run"
+    args = train_args(tiny_model_dir, data, out, tmp_path / "c", max_steps=2, report_to="tensorboard",
+                      dataloader_num_workers=1)
+    assert run_cli(args).returncode == 0
+    started = time.monotonic()
+    again = run_cli(args + ["--overwrite_output_dir"])
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert time.monotonic() - started < 90
+    assert list((out / "tensorboard").rglob("events.out.tfevents.*"))
+    assert "Traceback" not in again.stderr

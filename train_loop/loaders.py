@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 from .collator import SpeechCollator
 from .errors import UserError
 from .features import SkipReport
-from .preemption import ignore_stop_signals
+from .preemption import end_workers_at_exit, ignore_stop_signals
 from .samplers import ShardedBatchSampler
 from .streaming import StreamingBatches
 
@@ -45,6 +45,8 @@ def make_loader(dataset, collator: SpeechCollator | None, num_workers: int, pin_
     # Its own generator: a DataLoader draws a seed for its workers from the global torch RNG at
     # every new iterator, and a resumed run starts one at another moment than the original did;
     # the dropout stream that shares the global RNG would then be shifted after every resume.
+    if num_workers > 0:
+        end_workers_at_exit()
     kwargs: dict[str, Any] = dict(num_workers=num_workers, pin_memory=pin_memory,
                                   generator=torch.Generator().manual_seed(0),
                                   worker_init_fn=ignore_stop_signals)  # see preemption.py
@@ -58,6 +60,17 @@ def make_loader(dataset, collator: SpeechCollator | None, num_workers: int, pin_
 
     # No persistent workers: each epoch's workers get a fresh copy that knows the new epoch.
     return StatefulDataLoader(dataset, batch_size=None, **kwargs)
+
+
+def close_loader(loader) -> None:
+    """Stop a DataLoader's worker processes now. Persistent workers otherwise live as long as
+    the loader, and at interpreter exit multiprocessing ends them with SIGTERM, which they
+    ignore (preemption.ignore_stop_signals): the exit would wait for them forever."""
+    iterator = getattr(loader, "_iterator", None)
+    if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+        iterator._shutdown_workers()
+    if hasattr(loader, "_iterator"):
+        loader._iterator = None
 
 
 def steps_for_epochs(batches_per_epoch: int, epochs: float, accumulation: int) -> int:
@@ -126,6 +139,13 @@ class TrainBatches:
 
     def __iter__(self) -> "TrainBatches":
         return self
+
+    def close(self) -> None:
+        """Stop the loader's worker processes (see close_loader)."""
+        if self._iterator is not None and hasattr(self._iterator, "_shutdown_workers"):
+            self._iterator._shutdown_workers()
+        self._iterator = None
+        close_loader(self.loader)
 
     def __next__(self) -> dict[str, Any]:
         while True:

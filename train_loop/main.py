@@ -29,7 +29,7 @@ from train_loop.checkpoint import (STATE_FILE, TrainerState, incomplete_checkpoi
                                    run_manifest, save_final_model)
 from train_loop.config import TrainConfig, parse_train_config
 from train_loop.data import build_eval_set, build_train_batches
-from train_loop.loaders import steps_for_epochs
+from train_loop.loaders import close_loader, steps_for_epochs
 from train_loop.distributed import (accelerator_kwargs, check_shared_output_dir, fill_deepspeed_config,
                                     load_whole_model, on_main_process, optimizer_offloaded,
                                     reset_accelerator_settings, uses_deepspeed, zero_stage)
@@ -87,6 +87,7 @@ def run(config: TrainConfig, argv: list[str]) -> int:
         lock = on_main_process(accelerator, lambda: claim_output_dir(
             config.training.output_dir, resuming=bool(config.checkpoint.resume_from),
             overwrite=config.training.overwrite_output_dir))
+        start_trackers(accelerator, config)  # after the claim: --overwrite_output_dir empties the folder
         hub = on_main_process(accelerator, lambda: connect_hub(config))  # None on the other processes
         return _run(config, argv, accelerator, lock, stop_signal, hub)
     finally:
@@ -189,7 +190,10 @@ def _run(config: TrainConfig, argv: list[str], accelerator, lock, stop_signal: S
                 f"{config.training.per_device_train_batch_size * accelerator.num_processes * config.training.gradient_accumulation_steps}")
     training_run.stop_requested = stop_signal.requested
     stop_signal.training_started()
-    completed = train(training_run)
+    try:
+        completed = train(training_run)
+    finally:
+        train_batches.close()  # its workers end now, not at interpreter exit
     if not completed:
         logger.info(f"stopped at step {state.step} ({stop_signal.signal_name}); checkpoint-{state.step} "
                     f"is saved. Continue with the same command plus --resume_from latest")
@@ -198,7 +202,11 @@ def _run(config: TrainConfig, argv: list[str], accelerator, lock, stop_signal: S
         return EXIT_STOPPED
 
     # 7. Final model (the best one with --load_best_model_at_end) and the test split.
-    finish(training_run)
+    try:
+        finish(training_run)
+    finally:
+        if eval_set is not None:
+            close_loader(eval_set.loader)
     accelerator.end_training()
     logger.close()
     return 0
@@ -259,13 +267,18 @@ def build_accelerator(config: TrainConfig):
                                             logging_dir=os.path.join(output_dir, "tensorboard")),
         **accelerator_kwargs(),  # without a GPU: what joins several processes into one gloo group
     )
-    if trackers:
-        hparams = {k: (v if isinstance(v, (int, float, str, bool)) else str(v))
-                   for k, v in config.to_flat_dict().items()}
-        run_name = os.path.basename(os.path.normpath(output_dir))
-        accelerator.init_trackers("run", config=hparams, init_kwargs={
-            "wandb": {"name": run_name, "dir": output_dir}, "mlflow": {"run_name": run_name}})
     return accelerator
+
+
+def start_trackers(accelerator, config: TrainConfig) -> None:
+    """Open the trackers' logs (TensorBoard creates output_dir/tensorboard)."""
+    if not any(TRACKERS[name] for name in config.training.report_to):
+        return
+    output_dir = config.training.output_dir
+    hparams = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in config.to_flat_dict().items()}
+    run_name = os.path.basename(os.path.normpath(output_dir))
+    accelerator.init_trackers("run", config=hparams, init_kwargs={
+        "wandb": {"name": run_name, "dir": output_dir}, "mlflow": {"run_name": run_name}})
 
 
 def finish(run: Run) -> None:
@@ -295,7 +308,10 @@ def finish(run: Run) -> None:
             test_set = eval_set_for(cfg, run.processor, accelerator, test_split, max_samples=None)
             if test_set.report is not None:
                 logger.info(test_set.report.summary())
-            run_evaluation(run, test_set, prefix="test")
+            try:
+                run_evaluation(run, test_set, prefix="test")
+            finally:
+                close_loader(test_set.loader)
         else:
             logger.info(f"no '{test_split}' split in the data: final test evaluation skipped "
                         "(--test_split_name none silences this)")

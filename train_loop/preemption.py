@@ -127,6 +127,25 @@ def _is_launcher(pid: int) -> bool:
     return any(name in command for name in LAUNCHERS)
 
 
+def end_workers_at_exit() -> None:
+    """At interpreter exit, end this process's worker processes with SIGKILL. multiprocessing's
+    own exit handler ends them with SIGTERM, which DataLoader workers ignore (see
+    ignore_stop_signals), so it would wait for them forever. Registered after multiprocessing's
+    handler, this one runs before it."""
+    import atexit
+    import multiprocessing
+
+    def kill_workers() -> None:
+        for child in multiprocessing.active_children():
+            if child.daemon:
+                child.kill()
+                child.join(timeout=10)
+
+    if not getattr(end_workers_at_exit, "registered", False):
+        atexit.register(kill_workers)
+        end_workers_at_exit.registered = True
+
+
 def ignore_stop_signals(worker_id: int = 0) -> None:
     """DataLoader ``worker_init_fn``: leave SIGTERM/SIGINT to the training process."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
