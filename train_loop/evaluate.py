@@ -17,7 +17,7 @@ import sys
 from dataclasses import dataclass
 
 from .config import DataConfig, ModelConfig, SourceConfig, flag, parse_sections
-from .errors import UserError
+from .errors import UserError, run_tool
 from .text import NORMALIZERS
 
 
@@ -51,20 +51,11 @@ SECTIONS = {"evaluate": EvaluateConfig, "source": SourceConfig}
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .logger import make_line_buffered, quiet_library_output
-
-    make_line_buffered()
-    quiet_library_output()
-    try:
+    def body():
         sections = parse_sections(SECTIONS, argv, prog="train_loop.evaluate", description=__doc__.split("\n\n")[0])
         evaluate_model(sections["evaluate"], sections["source"])
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr, flush=True)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr, flush=True)
-        return 130
-    return 0
+
+    return run_tool(body)
 
 
 def evaluate_model(options: EvaluateConfig, source: SourceConfig) -> dict:

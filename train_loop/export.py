@@ -29,7 +29,7 @@ import time
 from dataclasses import dataclass
 
 from .config import SourceConfig, flag, parse_sections
-from .errors import UserError
+from .errors import UserError, run_tool
 from .text import NORMALIZERS
 
 FORMATS = ("ctranslate2", "ggml")
@@ -65,24 +65,15 @@ class ExportConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .logger import make_line_buffered, quiet_library_output
-
-    make_line_buffered()
-    quiet_library_output()
-    try:
+    def body():
         sections = parse_sections({"export": ExportConfig, "check": _check_section()}, argv,
                                   prog="train_loop.export", description=__doc__.split("\n\n")[0])
         options, check = sections["export"], _as_source(sections["check"])
         exported = export(options)
-        if check is not None:
-            return 0 if check_parity(options, check, exported) else 1
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr, flush=True)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr, flush=True)
-        return 130
-    return 0
+        if check is not None and not check_parity(options, check, exported):
+            return 1
+
+    return run_tool(body)
 
 
 def _check_section() -> type:

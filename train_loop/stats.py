@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .config import DataConfig, FilterConfig, SourceConfig, flag, parse_sections
-from .errors import UserError
+from .errors import UserError, run_tool
 from .features import SKIP_OVER_WINDOW
 
 PERCENTILES = (5, 50, 95, 99)
@@ -45,20 +45,11 @@ SECTIONS = {"stats": StatsConfig, "source": SourceConfig, "filters": FilterConfi
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .logger import make_line_buffered, quiet_library_output
-
-    make_line_buffered()
-    quiet_library_output()
-    try:
+    def body():
         sections = parse_sections(SECTIONS, argv, prog="train_loop.stats", description=__doc__.split("\n\n")[0])
         print(dataset_statistics(sections["stats"], sections["source"], sections["filters"]))
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr, flush=True)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr, flush=True)
-        return 130
-    return 0
+
+    return run_tool(body)
 
 
 def dataset_statistics(options: StatsConfig, source: SourceConfig, filters: FilterConfig) -> str:

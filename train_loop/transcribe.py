@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .config import flag, parse_sections
-from .errors import UserError
+from .errors import UserError, run_tool
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
 FORMATS = ("txt", "srt", "vtt", "jsonl")
@@ -59,22 +59,13 @@ class TranscribeConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .logger import make_line_buffered, quiet_library_output
-
-    make_line_buffered()
-    quiet_library_output()
-    try:
+    def body():
         parsed = parse_sections({"transcribe": TranscribeConfig}, argv, prog="train_loop.transcribe",
                                 description=__doc__.split("\n\n")[0],
                                 positional=("paths", "audio files or folders (searched recursively)"))
-        failed = transcribe_paths(parsed["transcribe"], parsed["paths"])
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr, flush=True)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr, flush=True)
-        return 130
-    return 1 if failed else 0
+        return 1 if transcribe_paths(parsed["transcribe"], parsed["paths"]) else 0
+
+    return run_tool(body)
 
 
 def audio_files(paths: list[str]) -> list[str]:
