@@ -19,7 +19,9 @@ def test_bench_smoke_prints_a_table_and_a_final_json_line(tmp_path):
     summary = json.loads(lines[-1])
     for key in ("train_speedup_vs_trainer", "eval_speedup_vs_trainer", "eval_wer_equal",
                 "train_samples_per_second", "trainer_train_samples_per_second", "data_pipeline",
-                "resume_to_first_step_seconds", "train_vs_bare_step", "eval_vs_bare_generate"):
+                "resume_to_first_step_seconds", "train_vs_bare_step", "eval_vs_bare_generate",
+                "group_by_length_speedup", "padding_tokens_per_step", "padding_tokens_per_step_grouped",
+                "eval_variants"):
         assert key in summary, key
     # The ratios are the two sides' measured rates divided (nothing to assert about their size here).
     assert summary["train_speedup_vs_trainer"] == pytest.approx(
@@ -28,4 +30,7 @@ def test_bench_smoke_prints_a_table_and_a_final_json_line(tmp_path):
         summary["eval_samples_per_second"] / summary["trainer_eval_samples_per_second"], abs=0.02)
     # Same model, same clips, greedy decoding: both evaluations agree.
     assert summary["eval_wer_equal"] is True
+    assert all(variant["transcripts_equal"] for variant in summary["eval_variants"].values())
+    # Grouping by transcript length never pads more than random batches.
+    assert summary["padding_tokens_per_step_grouped"] <= summary["padding_tokens_per_step"]
     assert "Seq2SeqTrainer (event setup)" in result.stdout and "training samples/s" in result.stdout

@@ -30,6 +30,47 @@ def test_evaluate_a_saved_model_on_a_split(tiny_model_dir, dataset_dir, tmp_path
     assert f"{expected:.2f}" in printed
 
 
+@pytest.fixture(scope="module")
+def audio_sensitive_model_dir(tmp_path_factory):
+    """The tiny model with large random weights, so that every clip gets its own transcript
+    (at the usual init they all get the same one, which would hide a mix-up of clips)."""
+    import torch
+    from transformers import WhisperForConditionalGeneration
+
+    from train_loop.model import build_tiny_whisper
+
+    path = str(tmp_path_factory.mktemp("tiny-sensitive"))
+    build_tiny_whisper(path, chunk_length=2, d_model=32, layers=1, heads=2)
+    model = WhisperForConditionalGeneration.from_pretrained(path)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for name, weight in model.named_parameters():
+            if weight.dim() > 1 and "embed_positions" not in name:
+                weight.normal_(0, 0.3)
+    model.save_pretrained(path)
+    return path
+
+
+def test_evaluation_speed_switches_leave_every_transcript_unchanged(audio_sensitive_model_dir, dataset_dir,
+                                                                     tmp_path):
+    """The encoder in sub-batches and the static KV cache are speed switches, never a change
+    in what is transcribed."""
+    def predictions(name, *flags):
+        out = tmp_path / name
+        assert evaluate_cli.main(["--model", audio_sensitive_model_dir, "--data_dir", str(dataset_dir), "--split", "train",
+                                  "--output_dir", str(out), "--cache_dir", str(tmp_path / "c"),
+                                  "--per_device_eval_batch_size", "5", "--generation_max_length", "12",
+                                  "--dataloader_num_workers", "0", *flags]) == 0
+        lines = (out / "eval" / "train-predictions.jsonl").read_text().splitlines()
+        return [(row["id"], row["prediction"]) for row in map(json.loads, lines)]
+
+    whole = predictions("whole", "--eval_encoder_batch_size", "0")
+    assert len(whole) == 8 and len({text for _, text in whole}) >= 4
+    assert predictions("chunks-of-2", "--eval_encoder_batch_size", "2") == whole
+    assert predictions("default", ) == whole
+    assert predictions("static", "--eval_static_cache", "--eval_encoder_batch_size", "3") == whole
+
+
 def test_evaluate_reports_a_missing_model_as_one_line(tmp_path, dataset_dir, capsys):
     code = evaluate_cli.main(["--model", str(tmp_path / "no-model"), "--data_dir", str(dataset_dir)])
     assert code == 2

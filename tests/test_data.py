@@ -5,7 +5,7 @@ from train_loop.config import DataConfig, SourceConfig
 from train_loop.streaming import RowShards, StreamingBatches
 from train_loop.data import collator_for
 from train_loop.prepared import featurizer_for, prepare_split
-from train_loop.samplers import ShardedBatchSampler, eval_batches
+from train_loop.samplers import LengthGroupedBatchSampler, ShardedBatchSampler, eval_batches
 from train_loop.features import (SKIP_EMPTY_TEXT, SKIP_LABEL_TOO_LONG, SKIP_OVER_WINDOW,
                                  SKIP_TOO_SHORT, SKIP_UNREADABLE, Filters)
 from train_loop.sources import load_rows
@@ -95,6 +95,29 @@ def test_sampler_resumes_at_a_batch_and_reshuffles_each_epoch():
     assert len(sampler) == 10 - 4
     assert _epoch(sampler, 1) != full
     assert sorted(i for b in full for i in b) == list(range(50))
+
+
+def _padding(batches, lengths):
+    return sum(len(b) * max(lengths[b]) - sum(lengths[b]) for b in batches)
+
+
+def test_grouped_batches_pad_less_stay_shuffled_and_resume_exactly():
+    lengths = np.random.default_rng(0).integers(3, 60, size=1003)
+    grouped = LengthGroupedBatchSampler(lengths, batch_size=8, seed=5, group_batches=10)
+    plain = ShardedBatchSampler(1003, batch_size=8, seed=5)
+    epoch = _epoch(grouped, 0)
+    # every clip of the epoch's order once (the same remainder left out as without grouping)
+    assert sorted(i for b in epoch for i in b) == sorted(i for b in _epoch(plain, 0) for i in b)
+    assert _padding(epoch, lengths) < 0.3 * _padding(_epoch(plain, 0), lengths)
+    # shuffled: long and short batches alternate, and every epoch has its own order
+    longest = [max(lengths[b]) for b in epoch]
+    assert longest != sorted(longest, reverse=True) and longest != sorted(longest)
+    assert _epoch(grouped, 1) != epoch
+    # a pure function of (seed, epoch): resuming at batch k gives the rest of the same epoch
+    assert _epoch(LengthGroupedBatchSampler(lengths, 8, seed=5, group_batches=10), 0, start=17) == epoch[17:]
+    # two processes with batch 4 see the clips of one process with batch 8 in every step
+    two = [_epoch(LengthGroupedBatchSampler(lengths, 4, 2, rank, seed=5, group_batches=10), 0) for rank in (0, 1)]
+    assert [a + b for a, b in zip(*two)] == epoch
 
 
 def test_eval_batches_cover_every_clip_once_longest_first_with_equal_counts():

@@ -102,6 +102,32 @@ def test_resumed_run_equals_uninterrupted(dropout_model_dir, resume_data, uninte
         sorted({best, "checkpoint-7", "checkpoint-8"})
 
 
+def test_length_grouped_run_resumes_exactly_and_a_switch_is_named(
+        dropout_model_dir, resume_data, uninterrupted, tmp_path, capsys):
+    full = tmp_path / "grouped"
+    assert train_main.main(_args(dropout_model_dir, resume_data, full, "prepared", group_by_length="true")) == 0
+    # the grouped order is not the plain one, but every clip of an epoch is still seen once
+    grouped_ids = [r["ids"] for r in records(full, "samples.jsonl")]
+    plain_ids = [r["ids"] for r in records(uninterrupted["prepared"], "samples.jsonl")]
+    assert grouped_ids != plain_ids
+    def epoch_0(ids):  # 7 micro-batches of 2: three steps and the first half of the fourth
+        return sorted(sum(ids[:3], []) + ids[3][:2])
+    assert epoch_0(grouped_ids) == epoch_0(plain_ids) == sorted(set(epoch_0(plain_ids)))
+    resumed = copy_checkpoints(full, tmp_path / "resumed", "checkpoint-4")
+    assert train_main.main(_args(dropout_model_dir, resume_data, resumed, "prepared", group_by_length="true",
+                                 resume_from="latest")) == 0
+    assert records(resumed) == [r for r in records(full) if r["step"] > 4]
+    assert records(resumed, "samples.jsonl") == [r for r in records(full, "samples.jsonl") if r["step"] > 4]
+    capsys.readouterr()
+
+    switched = copy_checkpoints(uninterrupted["prepared"], tmp_path / "switched", "checkpoint-4")
+    assert train_main.main(_args(dropout_model_dir, resume_data, switched, "prepared", group_by_length="true",
+                                 resume_from="latest", max_steps=5)) == 0
+    out = capsys.readouterr().out
+    assert "the layout changed: --group_by_length False -> True" in out
+    assert "--group_by_length changed: the rest of epoch 1 follows the new order" in out
+
+
 def test_rotation_with_limit_1_keeps_the_best_and_the_newest(tmp_path):
     for step in (1, 2, 3, 4):
         folder = tmp_path / f"checkpoint-{step}"

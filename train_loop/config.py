@@ -112,6 +112,10 @@ class DataConfig:
         "subset); the final test evaluation always uses the whole test split.")
     shuffle_buffer_size: int = flag(
         500, "Streaming only: rows held in the shuffle buffer (reshuffled every epoch).")
+    group_by_length: bool = flag(
+        False, "Prepared data: batch clips of similar transcript length together (groups of 50 "
+        "batches sorted by label length, batches shuffled), so the decoder pads less. The order "
+        "stays a pure function of --seed and the epoch, and resumes exactly.")
     dataloader_num_workers: int | None = flag(
         None, "DataLoader worker processes per training process (they decode when streaming and "
         "read features otherwise). Default: 0 for prepared data without a GPU (reading cached "
@@ -198,6 +202,11 @@ class TrainingConfig:
     report_to: list[str] = field(default_factory=lambda: ["tensorboard"], metadata={
         "help": "Experiment trackers, one or several (metrics.jsonl and stdout always get every number).",
         "choices": tuple(TRACKERS)})
+    ddp_timeout: int = flag(
+        7200, "Seconds a process waits for the others at a synchronization point before the run "
+        "fails (torch.distributed's timeout). The first start of a multi-GPU run prepares the "
+        "features on one process per node while the others wait at such a point: see the "
+        "README's 'Preparing the data' for how long that takes.")
     log_sample_ids: bool = flag(
         False, "Write the ids of the clips of every optimizer step to output_dir/samples.jsonl "
         "(to audit the data order, e.g. across a resume).")
@@ -219,6 +228,25 @@ class EvalConfig:
         "belarusian", "Text normalizer for WER/CER: 'belarusian' keeps apostrophes inside "
         "words; 'basic' is Whisper's BasicTextNormalizer (leaderboard-comparable).",
         NORMALIZERS)
+
+
+@dataclass
+class EvalSpeedConfig:
+    """How evaluation generates: switches measured by ``python -m train_loop.bench`` and
+    ``scripts/gpu_check.sh``; none changes a transcript."""
+    _argument_group_name = "Evaluation speed (speed)"
+
+    eval_encoder_batch_size: int | None = flag(
+        None, "Run the encoder on sub-batches of N clips and decode the whole batch together. "
+        "Default on CPU: as many clips as keep one encoder activation near 8 MB (measured faster: "
+        "it stays in cache); on GPU the whole batch. 0: the whole batch.")
+    eval_static_cache: bool = flag(
+        False, "Generate with a static KV cache (transformers' cache_implementation='static'); on "
+        "GPU transformers then compiles the decoding step with torch.compile (see "
+        "--eval_compile). Off by default: measured slower on CPU with the 30 s window.")
+    eval_compile: bool = flag(
+        True, "With --eval_static_cache on GPU: let transformers torch.compile the decoding step "
+        "(false: generation_config.disable_compile). Compiling takes a while once per batch shape.")
 
 
 @dataclass
@@ -272,6 +300,7 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    speed: EvalSpeedConfig = field(default_factory=EvalSpeedConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     hub: HubConfig = field(default_factory=HubConfig)
 
@@ -425,13 +454,16 @@ def validate_train_config(config: TrainConfig) -> None:
         raise UserError("--overwrite_output_dir deletes the run that --resume_from would continue; give one")
     if src.streaming and tr.max_steps <= 0:
         raise UserError("--streaming needs --max_steps: the length of a stream is not known in advance")
+    if src.streaming and data.group_by_length:
+        raise UserError("--group_by_length needs prepared data: a stream's lengths are not known in "
+                        "advance; drop --streaming or --group_by_length")
     positive = {"per_device_train_batch_size": tr.per_device_train_batch_size,
                 "gradient_accumulation_steps": tr.gradient_accumulation_steps,
                 "per_device_eval_batch_size": ev.per_device_eval_batch_size,
                 "logging_steps": tr.logging_steps, "num_beams": ev.num_beams,
                 "max_nonfinite_steps": tr.max_nonfinite_steps,
                 "preprocessing_num_workers": src.preprocessing_num_workers,
-                "shuffle_buffer_size": data.shuffle_buffer_size}
+                "shuffle_buffer_size": data.shuffle_buffer_size, "ddp_timeout": tr.ddp_timeout}
     for name, value in positive.items():
         if value < 1:
             raise UserError(f"--{name} must be at least 1, got {value}")

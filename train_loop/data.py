@@ -23,7 +23,7 @@ from .errors import UserError
 from .features import Filters, SkipReport
 from .loaders import TrainBatches, loader_workers, make_loader
 from .prepared import cache_key, cache_root, featurizer_for, prepare_split
-from .samplers import ShardedBatchSampler, eval_batches
+from .samplers import LengthGroupedBatchSampler, ShardedBatchSampler, eval_batches
 from .sources import content_hash, load_rows
 from .streaming import RowShards, StreamingBatches
 
@@ -93,8 +93,12 @@ def build_train_batches(source: SourceConfig, data: DataConfig, filters: FilterC
             f"{rows.name}: only {len(prepared)} usable training clips, fewer than one global batch "
             f"({batch_size} x {accelerator.num_processes} processes); lower "
             f"--per_device_train_batch_size or add data ({prepared.report.summary()})")
-    sampler = ShardedBatchSampler(len(prepared), batch_size, accelerator.num_processes,
-                                  accelerator.process_index, seed=seed)
+    if data.group_by_length:
+        sampler = LengthGroupedBatchSampler(prepared.label_lengths(), batch_size, accelerator.num_processes,
+                                            accelerator.process_index, seed=seed)
+    else:
+        sampler = ShardedBatchSampler(len(prepared), batch_size, accelerator.num_processes,
+                                      accelerator.process_index, seed=seed)
     loader = make_loader(prepared, collator, loader_workers(data, False, accelerator), pin, batch_sampler=sampler)
     rows_key = content_hash(*prepared.ids())
     return TrainBatches(loader, sampler, None, prepared.report, len(prepared), rows.fingerprint, rows_key)

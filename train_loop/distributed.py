@@ -26,15 +26,19 @@ def deepspeed_requested() -> bool:
     return os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() in ("1", "true", "yes")
 
 
-def accelerator_kwargs() -> dict[str, Any]:
-    """How the Accelerator must be built on this machine to form one process group."""
-    if torch.cuda.is_available():
-        return {}
-    if deepspeed_requested():
-        from accelerate.utils import InitProcessGroupKwargs
+def accelerator_kwargs(timeout_seconds: int = 7200) -> dict[str, Any]:
+    """How the Accelerator must be built on this machine to form one process group, whose
+    collectives wait ``timeout_seconds`` (--ddp_timeout) for a slow process before failing."""
+    from datetime import timedelta
 
-        return {"kwargs_handlers": [InitProcessGroupKwargs(backend="gloo")]}
-    return {"cpu": True}
+    from accelerate.utils import InitProcessGroupKwargs
+
+    timeout = timedelta(seconds=timeout_seconds)
+    if torch.cuda.is_available():
+        return {"kwargs_handlers": [InitProcessGroupKwargs(timeout=timeout)]}
+    if deepspeed_requested():
+        return {"kwargs_handlers": [InitProcessGroupKwargs(backend="gloo", timeout=timeout)]}
+    return {"cpu": True, "kwargs_handlers": [InitProcessGroupKwargs(timeout=timeout)]}
 
 
 def uses_deepspeed(accelerator) -> bool:

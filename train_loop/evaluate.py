@@ -16,7 +16,7 @@ import os
 import sys
 from dataclasses import dataclass
 
-from .config import DataConfig, ModelConfig, SourceConfig, flag, parse_sections
+from .config import DataConfig, EvalSpeedConfig, ModelConfig, SourceConfig, flag, parse_sections
 from .errors import UserError, run_tool
 from .text import NORMALIZERS
 
@@ -47,18 +47,18 @@ class EvaluateConfig:
         "./eval-results for a Hub model).")
 
 
-SECTIONS = {"evaluate": EvaluateConfig, "source": SourceConfig}
+SECTIONS = {"evaluate": EvaluateConfig, "source": SourceConfig, "speed": EvalSpeedConfig}
 
 
 def main(argv: list[str] | None = None) -> int:
     def body():
         sections = parse_sections(SECTIONS, argv, prog="train_loop.evaluate", description=__doc__.split("\n\n")[0])
-        evaluate_model(sections["evaluate"], sections["source"])
+        evaluate_model(sections["evaluate"], sections["source"], sections["speed"])
 
     return run_tool(body)
 
 
-def evaluate_model(options: EvaluateConfig, source: SourceConfig) -> dict:
+def evaluate_model(options: EvaluateConfig, source: SourceConfig, speed: EvalSpeedConfig | None = None) -> dict:
     import torch
     from accelerate import Accelerator
 
@@ -84,7 +84,8 @@ def evaluate_model(options: EvaluateConfig, source: SourceConfig) -> dict:
                               batch_size=options.per_device_eval_batch_size, max_samples=options.max_samples,
                               eval_normalizer=options.eval_normalizer)
     normalizer = get_normalizer(options.eval_normalizer)
-    settings = GenerationSettings(options.language, options.task, options.generation_max_length, options.num_beams)
+    settings = GenerationSettings.from_config(options.language, options.task, options.generation_max_length,
+                                              options.num_beams, speed or EvalSpeedConfig())
     predictions_path = os.path.join(output_dir, "eval", f"{options.split}-predictions.jsonl")
     result = evaluate(model, eval_set, processor.tokenizer, settings, accelerator, normalizer, predictions_path)
     if accelerator.is_main_process:

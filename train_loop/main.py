@@ -176,8 +176,9 @@ def _run(config: TrainConfig, argv: list[str], accelerator, lock, stop_signal: S
 
     # 6. Train.
     manifest = run_manifest(argv, train_batches.fingerprint, accelerator.num_processes)
-    generation = GenerationSettings(config.model.language, config.model.task,
-                                    config.eval.generation_max_length, config.eval.num_beams)
+    generation = GenerationSettings.from_config(config.model.language, config.model.task,
+                                                config.eval.generation_max_length, config.eval.num_beams,
+                                                config.speed)
     training_run = Run(config=config, accelerator=accelerator, model=model, optimizer=optimizer,
                        schedule=schedule, processor=processor,
                        train_batches=train_batches, eval_set=eval_set,
@@ -265,7 +266,7 @@ def build_accelerator(config: TrainConfig):
         log_with=trackers or None,
         project_config=ProjectConfiguration(project_dir=output_dir,
                                             logging_dir=os.path.join(output_dir, "tensorboard")),
-        **accelerator_kwargs(),  # without a GPU: what joins several processes into one gloo group
+        **accelerator_kwargs(config.training.ddp_timeout),  # without a GPU: one gloo group
     )
     return accelerator
 

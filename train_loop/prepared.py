@@ -84,6 +84,9 @@ class PreparedSplit(torch.utils.data.Dataset):
     def durations(self) -> np.ndarray:
         return np.asarray(self.table.with_format(None)["duration"], dtype=np.float32)[self.keep]
 
+    def label_lengths(self) -> np.ndarray:
+        return np.asarray(self.table.with_format(None)["label_tokens"], dtype=np.int64)[self.keep]
+
     def ids(self) -> list[str]:
         every = self.table.with_format(None).select_columns(["id"])[:]["id"]
         return [str(every[int(position)]) for position in self.keep]

@@ -30,6 +30,7 @@ LAYOUT_FLAGS = {
     "dataloader_num_workers": "--dataloader_num_workers",
     "seed": "--seed",
     "streaming": "--streaming",
+    "group_by_length": "--group_by_length",
 }
 
 
@@ -42,6 +43,7 @@ def run_layout(config, accelerator, train_batches: TrainBatches) -> dict[str, An
         "dataloader_num_workers": loader_workers(config.data, config.source.streaming, accelerator),
         "seed": config.training.seed,
         "streaming": config.source.streaming,
+        "group_by_length": config.data.group_by_length,
         "train_rows": train_batches.rows_key,
     }
 
@@ -127,9 +129,12 @@ def place_data(batches: TrainBatches, state: TrainerState, saved: dict[str, Any]
         notes += [note] if note else []
     if differences:
         notes.insert(0, f"not an exact continuation, the layout changed: {described}")
-        if "seed" in differences:
-            notes.append(f"--seed changed: the rest of epoch {state.epoch} follows the new order, so "
-                         "some of its clips repeat and others are not seen")
+        reordered = [LAYOUT_FLAGS[key] for key in ("seed", "group_by_length") if key in differences]
+        if current.get("group_by_length") and {"per_device_train_batch_size", "num_processes"} & differences.keys():
+            reordered.append("the global batch size (with --group_by_length the groups depend on it)")
+        if reordered:
+            notes.append(f"{' and '.join(reordered)} changed: the rest of epoch {state.epoch} follows "
+                         "the new order, so some of its clips repeat and others are not seen")
     return notes
 
 

@@ -124,7 +124,6 @@ def main(argv: list[str] | None = None) -> int:
 
     bench = Bench(model, data, work, setup, precision, args.gradient_checkpointing, args.repeats)
     train_rate = compare_training(bench, results, rows)
-    measure_bare_step(bench, train_rate, results, rows)
     measure_data_pipeline(bench, train_rate, results, rows)
     compare_evaluation(bench, results, rows)
     measure_bare_generate(bench, results, rows)
@@ -138,34 +137,74 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def compare_training(bench: Bench, results: dict, rows: Rows) -> float:
-    """1. Training throughput, side by side: alternating runs, the median of each side."""
+    """1. Training throughput, side by side: this loop, the Trainer, the bare step (1b) and this
+    loop with --group_by_length (1c) take turns, ``repeats`` times; the median of each."""
     from .trainer_baseline import train_throughput
 
     setup = bench.setup
-    ours_runs, baseline_runs = [], []
+    runs: dict[str, list[float]] = {"ours": [], "trainer": [], "bare": [], "grouped": []}
     for _ in range(bench.repeats):
-        ours_runs.append(our_train_throughput(bench.model, bench.data, os.path.join(bench.work, "ours"), setup,
-                                              bench.precision, bench.gradient_checkpointing))
-        baseline_runs.append(train_throughput(bench.model, bench.data, os.path.join(bench.work, "trainer"),
-                                              setup.batch_size, setup.steps, setup.warmup, 1e-4,
-                                              bench.gradient_checkpointing, bench.precision))
-    ours, baseline = statistics.median(ours_runs), statistics.median(baseline_runs)
+        runs["ours"].append(our_train_throughput(bench.model, bench.data, os.path.join(bench.work, "ours"), setup,
+                                                 bench.precision, bench.gradient_checkpointing))
+        runs["trainer"].append(train_throughput(bench.model, bench.data, os.path.join(bench.work, "trainer"),
+                                                setup.batch_size, setup.steps, setup.warmup, 1e-4,
+                                                bench.gradient_checkpointing, bench.precision))
+        runs["bare"].append(bare_step_rate(bench))
+        runs["grouped"].append(our_train_throughput(bench.model, bench.data, os.path.join(bench.work, "grouped"),
+                                                    setup, bench.precision, bench.gradient_checkpointing,
+                                                    group_by_length="true"))
+    ours, baseline, bare, grouped = (statistics.median(runs[k]) for k in ("ours", "trainer", "bare", "grouped"))
     results["train_samples_per_second"] = round(ours, 2)
     results["trainer_train_samples_per_second"] = round(baseline, 2)
     results["train_speedup_vs_trainer"] = round(ours / baseline, 2)
     rows.append(("training samples/s", f"{ours:.1f}", f"{baseline:.1f}  ({ours / baseline:.2f}x)"))
+    # 1b. The limit the model sets: forward + backward + optimizer step on ready tensors.
+    results["bare_step_samples_per_second"] = round(bare, 2)
+    results["train_vs_bare_step"] = round(ours / bare, 3)
+    rows.append(("bare step on ready tensors samples/s", f"{bare:.1f}",
+                 f"this loop reaches {ours / bare:.2f} of it"))
+    # 1c. Batches grouped by transcript length: decoder padding per step, and what it buys.
+    padding = label_padding_per_step(bench)
+    results["train_samples_per_second_grouped"] = round(grouped, 2)
+    results["group_by_length_speedup"] = round(grouped / ours, 3)
+    results["padding_tokens_per_step"] = padding["plain"]
+    results["padding_tokens_per_step_grouped"] = padding["grouped"]
+    rows.append(("training samples/s, --group_by_length", f"{grouped:.1f}",
+                 f"{grouped / ours:.2f}x this loop without it"))
+    rows.append(("label padding tokens/step, --group_by_length", f"{padding['grouped']:.1f}",
+                 f"without: {padding['plain']:.1f} (of {padding['label_tokens']:.1f} label tokens/step)"))
     return ours
 
 
-def measure_bare_step(bench: Bench, train_rate: float, results: dict, rows: Rows) -> None:
-    """1b. The limit the model sets: forward + backward + optimizer step on ready tensors (the
-    run's own first batches, already in memory), same model, batch, precision and checkpointing;
-    no data loading, logging or bookkeeping. train_vs_bare_step = this loop / that."""
-    bare = bare_step_rate(bench)
-    results["bare_step_samples_per_second"] = round(bare, 2)
-    results["train_vs_bare_step"] = round(train_rate / bare, 3)
-    rows.append(("bare step on ready tensors samples/s", f"{bare:.1f}",
-                 f"this loop reaches {train_rate / bare:.2f} of it"))
+def label_padding_per_step(bench: Bench) -> dict[str, float]:
+    """Mean decoder padding tokens per training batch over one epoch, with and without
+    --group_by_length (what the collator pads: each batch to its longest transcript)."""
+    import numpy as np
+
+    from ..samplers import LengthGroupedBatchSampler, ShardedBatchSampler
+
+    lengths = _prepared_train(bench).label_lengths()
+    batch = bench.setup.batch_size
+    samplers = {"plain": ShardedBatchSampler(len(lengths), batch, seed=0),
+                "grouped": LengthGroupedBatchSampler(lengths, batch, seed=0)}
+    out = {}
+    for name, sampler in samplers.items():
+        pads = [len(b) * lengths[b].max() - lengths[b].sum() for b in map(np.asarray, sampler)]
+        out[name] = round(float(np.mean(pads)), 1)
+    out["label_tokens"] = round(float(lengths.mean() * batch), 1)
+    return out
+
+
+def _prepared_train(bench: Bench):
+    """The benchmark's training split as the run prepared it (read from the run's cache)."""
+    from accelerate import Accelerator
+
+    from ..data import build_train_batches
+
+    config, _, processor, _, _ = _ready(bench)
+    train = build_train_batches(config.source, config.data, config.filters, processor, Accelerator(cpu=True),
+                                batch_size=bench.setup.batch_size, seed=0, eval_normalizer="belarusian")
+    return train.loader.dataset
 
 
 def measure_bare_generate(bench: Bench, results: dict, rows: Rows) -> None:
@@ -268,52 +307,74 @@ def measure_data_pipeline(bench: Bench, train_rate: float, results: dict, rows: 
         rows.append((f"data: {name} samples/s", f"{rate:.1f}", f"model consumes {train_rate:.1f}"))
 
 
+# The evaluation speed switches (EvalSpeedConfig), each measured against the default.
+EVAL_VARIANTS = {
+    "encoder on the whole batch (--eval_encoder_batch_size 0)": {"eval_encoder_batch_size": 0},
+    "static KV cache (--eval_static_cache)": {"eval_static_cache": "true"},
+}
+
+
 def compare_evaluation(bench: Bench, results: dict, rows: Rows) -> None:
-    """3. Evaluation, side by side, on the model our training run produced."""
+    """3. Evaluation, side by side, on the model our training run produced: this project's
+    defaults, each speed switch, this project at the Trainer's batch size, and the Trainer."""
     from ..metrics import error_rates
     from ..text import BelarusianTextNormalizer
     from .trainer_baseline import eval_throughput
 
     setup, precision, work, data = bench.setup, bench.precision, bench.work, bench.data
     trained = os.path.join(work, "ours")
-    rates: dict[str, list[float]] = {"ours": [], "same_batch": [], "trainer": []}
+    sides = {"ours": (setup.eval_batch_size, {}),
+             **{name: (setup.eval_batch_size, flags) for name, flags in EVAL_VARIANTS.items()},
+             "same_batch": (setup.baseline_eval_batch_size, {})}
+    rates: dict[str, list[float]] = {name: [] for name in [*sides, "trainer"]}
+    predictions: dict[str, list[dict[str, str]]] = {}
     for _ in range(bench.repeats + 1):
-        rate, ours_predictions = our_eval_throughput(trained, data, work, setup, setup.eval_batch_size, precision)
-        rates["ours"].append(rate)
-        rate, same_batch_predictions = our_eval_throughput(trained, data, work, setup,
-                                                           setup.baseline_eval_batch_size, precision)
-        rates["same_batch"].append(rate)
-        rate, base_predictions = eval_throughput(trained, data, os.path.join(work, "trainer-eval"), "validation",
-                                                 setup.baseline_eval_batch_size, setup.generation_max_length,
-                                                 precision=precision)
+        for name, (batch_size, flags) in sides.items():
+            rate, predictions[name] = our_eval_throughput(trained, data, work, setup, batch_size, precision, **flags)
+            rates[name].append(rate)
+        rate, predictions["trainer"] = eval_throughput(trained, data, os.path.join(work, "trainer-eval"), "validation",
+                                                       setup.baseline_eval_batch_size, setup.generation_max_length,
+                                                       precision=precision)
         rates["trainer"].append(rate)
-    ours_eval, same_batch, base_eval = (statistics.median(rates[k]) for k in ("ours", "same_batch", "trainer"))
+    rate = {name: statistics.median(values) for name, values in rates.items()}
 
-    def wer(predictions):
-        return error_rates([p["reference"] for p in predictions], [p["prediction"] for p in predictions],
+    def wer(rows_):
+        return error_rates([p["reference"] for p in rows_], [p["prediction"] for p in rows_],
                            BelarusianTextNormalizer())["wer"]
 
-    ours_wer, same_batch_wer, base_wer = wer(ours_predictions), wer(same_batch_predictions), wer(base_predictions)
+    wers = {name: wer(p) for name, p in predictions.items()}
+    base_wer = wers["trainer"]
     # Both sides read the clips in the split's order; the Trainer's come back in that order.
-    ours_texts = [p["prediction"] for p in sorted(ours_predictions, key=lambda p: p["id"])]
-    base_texts = [p["prediction"] for p in base_predictions]
+    ours_texts = [p["prediction"] for p in sorted(predictions["ours"], key=lambda p: p["id"])]
+    base_texts = [p["prediction"] for p in predictions["trainer"]]
     identical = sum(a == b for a, b in zip(ours_texts, base_texts)) / max(1, len(base_texts))
+    same_as_default = {name: [p["prediction"] for p in predictions[name]] == [p["prediction"] for p in predictions["ours"]]
+                       for name in EVAL_VARIANTS}
+    ours_eval, base_eval = rate["ours"], rate["trainer"]
     results.update({
         "eval_samples_per_second": round(ours_eval, 2),
-        "eval_samples_per_second_at_trainer_batch": round(same_batch, 2),
+        "eval_samples_per_second_at_trainer_batch": round(rate["same_batch"], 2),
         "trainer_eval_samples_per_second": round(base_eval, 2),
         "eval_speedup_vs_trainer": round(ours_eval / base_eval, 2),
-        "eval_wer": round(ours_wer, 4), "trainer_eval_wer": round(base_wer, 4),
-        "eval_wer_equal": abs(ours_wer - base_wer) < 1e-9 and abs(same_batch_wer - base_wer) < 1e-9,
+        "eval_wer": round(wers["ours"], 4), "trainer_eval_wer": round(base_wer, 4),
+        "eval_wer_equal": all(abs(w - base_wer) < 1e-9 for w in wers.values()),
         "eval_predictions_identical": round(identical, 4),
         "eval_batch_size": setup.eval_batch_size, "trainer_eval_batch_size": setup.baseline_eval_batch_size,
+        "eval_variants": {name: {"samples_per_second": round(rate[name], 2),
+                                 "vs_default": round(rate[name] / ours_eval, 3),
+                                 "wer": round(wers[name], 4), "transcripts_equal": same_as_default[name]}
+                          for name in EVAL_VARIANTS},
     })
     rows.append((f"eval clips/s (batch {setup.eval_batch_size} vs {setup.baseline_eval_batch_size})",
                  f"{ours_eval:.1f}", f"{base_eval:.1f}  ({ours_eval / base_eval:.2f}x)"))
-    rows.append((f"eval clips/s at the Trainer's batch {setup.baseline_eval_batch_size}", f"{same_batch:.1f}",
-                 f"{base_eval:.1f}  ({same_batch / base_eval:.2f}x)"))
-    rows.append(("eval WER %", f"{ours_wer:.2f}", f"{base_wer:.2f}  (equal: {results['eval_wer_equal']}; "
-                                                  f"{100 * identical:.0f}% of transcripts identical)"))
+    for name in EVAL_VARIANTS:
+        rows.append((f"  eval clips/s with {name}", f"{rate[name]:.1f}",
+                     f"{rate[name] / ours_eval:.2f}x the default; WER {wers[name]:.2f}, "
+                     f"transcripts {'identical' if same_as_default[name] else 'DIFFERENT'}"))
+    rows.append((f"eval clips/s at the Trainer's batch {setup.baseline_eval_batch_size}", f"{rate['same_batch']:.1f}",
+                 f"{base_eval:.1f}  ({rate['same_batch'] / base_eval:.2f}x)"))
+    rows.append(("eval WER %", f"{wers['ours']:.2f}", f"{base_wer:.2f}  (equal: {results['eval_wer_equal']}; "
+                                                      f"{100 * identical:.0f}% of transcripts identical)"))
 
 
 def measure_mfu(bench: Bench, train_rate: float, results: dict, rows: Rows) -> None:
@@ -360,11 +421,11 @@ def _our_flags(model: str, data: str, out: str, setup: Setup, precision: str, **
 
 
 def our_train_throughput(model: str, data: str, out: str, setup: Setup, precision: str,
-                         gradient_checkpointing: bool) -> float:
+                         gradient_checkpointing: bool, **extra) -> float:
     from ..main import main as train_main
 
     args = _our_flags(model, data, out, setup, precision,
-                      gradient_checkpointing=str(gradient_checkpointing).lower())
+                      gradient_checkpointing=str(gradient_checkpointing).lower(), **extra)
     if os.path.isdir(out):
         import shutil
 
@@ -378,7 +439,7 @@ def our_train_throughput(model: str, data: str, out: str, setup: Setup, precisio
 
 
 def our_eval_throughput(model: str, data: str, work: str, setup: Setup, batch_size: int,
-                        precision: str) -> tuple[float, list[dict[str, str]]]:
+                        precision: str, **speed_flags) -> tuple[float, list[dict[str, str]]]:
     """(clips/s, predictions) of this project's evaluation of the validation split."""
     from accelerate import Accelerator
 
@@ -390,14 +451,15 @@ def our_eval_throughput(model: str, data: str, work: str, setup: Setup, batch_si
 
     config = parse_train_config(_our_flags(model, data, os.path.join(work, "ours-eval"), setup, precision,
                                            per_device_eval_batch_size=batch_size,
-                                           model_name_or_path=model))
+                                           model_name_or_path=model, **speed_flags))
     accelerator = Accelerator(cpu=not torch.cuda.is_available(),
                               mixed_precision=None if precision == "no" else precision)
     processor = load_processor(model, config.model.language, config.model.task)
     whisper = accelerator.prepare(load_model(config.model, processor))
     eval_set = build_eval_set(config.source, config.data, processor, accelerator, "validation",  # prepared once, cached
                               batch_size=batch_size, max_samples=None, eval_normalizer="belarusian")
-    settings = GenerationSettings(config.model.language, config.model.task, setup.generation_max_length)
+    settings = GenerationSettings.from_config(config.model.language, config.model.task, setup.generation_max_length,
+                                              1, config.speed)
     predictions_path = os.path.join(work, "ours-eval", f"batch-{batch_size}.jsonl")
     result = evaluate(whisper, eval_set, processor.tokenizer, settings, accelerator, BelarusianTextNormalizer(),
                       predictions_path, show_progress=False)

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Download, on a machine with internet, the wheels scripts/gpu_check.sh installs on a GPU machine
+# that has none: the packages this project needs that such a machine's image lacks (its image has
+# torch, transformers, accelerate, peft, tensorboard, numpy, pandas, pyarrow, xxhash, ...).
+# Python 3.12, x86-64 Linux; about 12 MB in all (a device call may carry 64 MB).
+#   bash scripts/gpu_wheels.sh [DIR]      # default DIR: .gpu_wheels (git-ignored)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DIR="${1:-.gpu_wheels}"
+mkdir -p "$DIR"
+PY="${PYTHON:-.venv/bin/python}"
+pin() { grep -E "^$1==" requirements/constraints.txt | head -1 | sed 's/ .*//' || true; }
+binary=(
+  "$(pin datasets)" dill multiprocess
+  "$(pin jiwer)" rapidfuzz
+  "$(pin soundfile)" cffi pycparser
+  "$(pin soxr)" "$(pin torchdata)"
+  hjson pydantic pydantic-core annotated-types typing-inspection
+)
+"$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+  -d "$DIR" "${binary[@]}"
+# DeepSpeed ships as a source archive only: build its pure-Python wheel here (its CUDA ops are
+# compiled on first use, and this project's configs need none of them).
+if ! ls "$DIR"/deepspeed-*.whl >/dev/null 2>&1; then
+  DS_BUILD_OPS=0 "$PY" -m pip wheel -q --no-deps --no-build-isolation -w "$DIR" "$(pin deepspeed)"
+fi
+du -sh "$DIR"
+ls "$DIR"
