@@ -9,14 +9,19 @@ cd "$(dirname "$0")/.."
 DIR="${1:-.gpu_wheels}"
 mkdir -p "$DIR"
 PY="${PYTHON:-.venv/bin/python}"
-pin() { grep -E "^$1==" requirements/constraints.txt | head -1 | sed 's/ .*//' || true; }
-binary=(
-  "$(pin datasets)" dill multiprocess
-  "$(pin jiwer)" rapidfuzz
-  "$(pin soundfile)" cffi pycparser
-  "$(pin soxr)" "$(pin torchdata)"
-  hjson pydantic pydantic-core annotated-types typing-inspection
-)
+# The versions CI tests (requirements/constraints.txt), else the ones installed here (.venv),
+# so the set is one that works together.
+pin() {
+  local pinned
+  pinned="$(grep -E "^$1==" requirements/constraints.txt | head -1 | sed 's/ .*//' || true)"
+  [ -n "$pinned" ] && { echo "$pinned"; return; }
+  "$PY" -c "import importlib.metadata as m, sys; print(f'$1=={m.version(\"$1\")}')" 2>/dev/null || echo "$1"
+}
+binary=()
+for name in datasets dill multiprocess jiwer rapidfuzz soundfile cffi pycparser soxr torchdata \
+            hjson pydantic pydantic-core annotated-types typing-inspection; do
+  binary+=("$(pin "$name")")
+done
 "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
   -d "$DIR" "${binary[@]}"
