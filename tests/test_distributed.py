@@ -109,6 +109,25 @@ def test_zero_with_accumulation_equals_one_process_with_the_global_batch(tiny_mo
     assert_same_numbers(out, single, exact_weights_atol=1e-5)
 
 
+LORA = dict(use_lora="true", lora_r=4, lora_alpha=8, lora_dropout=0.0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config", ["multi_gpu", "deepspeed_zero2"])
+def test_lora_on_two_processes_gives_the_numbers_of_one(tiny_model_dir, data, tmp_path, config):
+    """LoRA under DDP and ZeRO-2: the losses, WER and merged final weights of one process
+    with the global batch."""
+    single = tmp_path / "single"
+    assert train_main.main(train_args(tiny_model_dir, data, single, tmp_path / "cache",
+                                      **{**RUN, **LORA, "per_device_train_batch_size": 4})) == 0
+    out = tmp_path / config
+    result = launch(f"launch/accelerate/{config}.yaml", train_args(tiny_model_dir, data, out, tmp_path / "cache",
+                                                                  **{**RUN, **LORA}))
+    assert "parameters train (" in result.stdout
+    assert_same_numbers(out, single, exact_weights_atol=1e-5)
+    assert not any("lora" in name for name in load_file(out / "model.safetensors"))
+
+
 # --------------------------------------------------------------------------------------------
 # Every shipped config is valid
 # --------------------------------------------------------------------------------------------

@@ -69,6 +69,11 @@ def model_card(run_config: dict[str, Any], evaluations: list[dict[str, Any]], be
     lines = [f"---\n{front}---", "", f"# {name}", "",
              f"Whisper fine-tuned from `{base}` to {run_config.get('task', 'transcribe')} language "
              f"`{language}` on {data}, with whisper-train-loop ({step} optimizer steps).", ""]
+    token = (run_config.get("language_token_from") or "").strip("<|>")
+    if token:  # a language Whisper has no token for: the runtimes are asked for the borrowed one
+        lines += [f"Whisper has no token for `{language}`: this model writes it after the `<|{token}|>` "
+                  f"token (`--language_token_from {token}`); ask every runtime for language `{token}`.", ""]
+        language = token
     lines += ["## Results", ""]
     if results:
         lines += ["| split | step | clips | WER % | CER % | raw WER % |", "|---|---:|---:|---:|---:|---:|"]

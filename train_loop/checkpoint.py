@@ -337,7 +337,14 @@ def _write_checkpoint(accelerator, output_dir: str, partial: str, final: str, st
 def load_checkpoint(accelerator, path: str) -> TrainerState:
     """Restore model, optimizer, scaler and RNG; return the trainer state (its schedule numbers
     give the learning rate of every later step)."""
-    accelerator.load_state(path)
+    from .distributed import uses_deepspeed
+    from .lora import is_lora
+
+    # A LoRA checkpoint (without DeepSpeed) holds the adapters only; the frozen base weights are
+    # the loaded model's.
+    adapters_only = not uses_deepspeed(accelerator) and any(
+        is_lora(accelerator.unwrap_model(model)) for model in accelerator._models)
+    accelerator.load_state(path, **({"strict": False} if adapters_only else {}))
     return TrainerState.from_file(os.path.join(path, STATE_FILE))
 
 

@@ -102,7 +102,9 @@ class DataConfig:
 
     train_split_name: str = flag("train", "Training split; join several with '+' to concatenate.")
     eval_split_name: str = flag(
-        "validation", "Split evaluated during training ('+' concatenates). 'none' disables.")
+        "validation", "Split(s) evaluated during training: a comma separates sets, each with its "
+        "own WER (eval_<set>_wer; eval_wer is the first set's), '+' concatenates splits into one "
+        "set. 'none' disables.")
     test_split_name: str = flag(
         "test", "Split evaluated once at the end with the final model. 'none' disables; a "
         "missing default split is skipped with a note.")
@@ -112,6 +114,9 @@ class DataConfig:
         "subset); the final test evaluation always uses the whole test split.")
     shuffle_buffer_size: int = flag(
         500, "Streaming only: rows held in the shuffle buffer (reshuffled every epoch).")
+    prepare_only: bool = flag(
+        False, "Prepare the features of every split into --cache_dir and exit (e.g. once on shared "
+        "storage before a multi-node run, with many --preprocessing_num_workers).")
     group_by_length: bool = flag(
         False, "Prepared data: batch clips of similar transcript length together (groups of 50 "
         "batches sorted by label length, batches shuffled), so the decoder pads less. The order "
@@ -139,6 +144,10 @@ class ModelConfig:
         "openai/whisper-small", "Model to fine-tune: a Hub id or a local folder "
         "(save_pretrained format, e.g. a previous run's output_dir).")
     language: str = flag("be", "Language token forced in labels and generation (code or name).")
+    language_token_from: str | None = flag(
+        None, "For a language Whisper does not know: reuse this known language's token for --language "
+        "(e.g. --language xx --language_token_from uk). Saved in generation_config.json "
+        "(trained_language), so evaluate, transcribe and export accept --language xx afterwards.")
     task: str = flag("transcribe", "Whisper task.", ("transcribe", "translate"))
     attn_implementation: str = flag(
         "sdpa", "Attention kernel.", ("eager", "sdpa", "flash_attention_2"))
@@ -154,6 +163,10 @@ class ModelConfig:
     mask_time_min_masks: int = flag(2, "SpecAugment: at least this many time masks per clip.")
     mask_feature_prob: float = flag(0.0, "SpecAugment: fraction of mel channels masked.")
     mask_feature_length: int = flag(10, "SpecAugment: channels per feature mask.")
+
+    def token_language(self) -> str:
+        """The language whose token prefixes the labels and is forced in generation."""
+        return self.language_token_from or self.language
 
 
 @dataclass
@@ -202,6 +215,12 @@ class TrainingConfig:
     report_to: list[str] = field(default_factory=lambda: ["tensorboard"], metadata={
         "help": "Experiment trackers, one or several (metrics.jsonl and stdout always get every number).",
         "choices": tuple(TRACKERS)})
+    ema_decay: float | None = flag(
+        None, "Keep an exponential moving average of the weights with this decay (e.g. 0.999): "
+        "saved in every checkpoint, resumed exactly, written to output_dir/ema at the end.")
+    eval_with_ema: bool = flag(
+        False, "With --ema_decay: evaluate the averaged weights (so the best checkpoint is chosen "
+        "by them) and save them as the final model.")
     ddp_timeout: int = flag(
         7200, "Seconds a process waits for the others at a synchronization point before the run "
         "fails (torch.distributed's timeout). The first start of a multi-GPU run prepares the "
@@ -228,6 +247,33 @@ class EvalConfig:
         "belarusian", "Text normalizer for WER/CER: 'belarusian' keeps apostrophes inside "
         "words; 'basic' is Whisper's BasicTextNormalizer (leaderboard-comparable).",
         NORMALIZERS)
+    guard_data_dir: str | None = flag(
+        None, "Forgetting guard: a local dataset (audiofolder or Common Voice release) in another "
+        "language, transcribed at every evaluation in --guard_language and logged as eval_guard_wer "
+        "etc., to see what fine-tuning costs the languages Whisper already knew.")
+    guard_language: str = flag("en", "Language of --guard_data_dir (forced in its generation).")
+    guard_split_name: str = flag("validation", "Split of --guard_data_dir to transcribe.")
+    guard_max_samples: int | None = flag(None, "Transcribe only the first N clips of the guard set.")
+    guard_normalizer: str = flag("basic", "Text normalizer for the guard set's WER.", NORMALIZERS)
+
+
+@dataclass
+class LoraConfig:
+    """LoRA adapters (PEFT): see train_loop/lora.py."""
+    _argument_group_name = "LoRA adapters (lora)"
+
+    use_lora: bool = flag(
+        False, "Train LoRA adapters instead of the whole model (PEFT): checkpoints hold only the "
+        "adapters; the final model is merged into a plain Whisper folder (see --lora_merge).")
+    lora_r: int = flag(32, "Rank of the adapters.")
+    lora_alpha: int = flag(64, "LoRA scaling numerator (the update is scaled by alpha / r).")
+    lora_dropout: float = flag(0.05, "Dropout on the adapters' input.")
+    lora_target_modules: str = flag(
+        "q_proj,v_proj", "Comma-separated names of the linear layers that get adapters (Whisper's: "
+        "q_proj, k_proj, v_proj, out_proj, fc1, fc2).")
+    lora_merge: bool = flag(
+        True, "Merge the adapters into the final model (a plain Whisper folder). false: save PEFT's "
+        "adapter folder instead (load with PeftModel.from_pretrained(base, output_dir)).")
 
 
 @dataclass
@@ -238,7 +284,7 @@ class EvalSpeedConfig:
 
     eval_encoder_batch_size: int | None = flag(
         None, "Run the encoder on sub-batches of N clips and decode the whole batch together. "
-        "Default on CPU: as many clips as keep one encoder activation near 8 MB (measured faster: "
+        "Default on CPU: as many clips as keep one encoder activation within 6.5 MB (measured faster: "
         "it stays in cache); on GPU the whole batch. 0: the whole batch.")
     eval_static_cache: bool = flag(
         False, "Generate with a static KV cache (transformers' cache_implementation='static'); on "
@@ -298,6 +344,7 @@ class TrainConfig:
     filters: FilterConfig = field(default_factory=FilterConfig)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     speed: EvalSpeedConfig = field(default_factory=EvalSpeedConfig)
@@ -437,6 +484,24 @@ def parse_train_config(argv: Sequence[str] | None = None) -> TrainConfig:
     return config
 
 
+def eval_split_sets(eval_split_name: str) -> list[str]:
+    """--eval_split_name's sets: 'validation,test' -> ['validation', 'test']; 'none' -> []."""
+    if eval_split_name.strip().lower() == "none":
+        return []
+    return [part.strip() for part in eval_split_name.split(",") if part.strip()]
+
+
+def metric_name(split: str) -> str:
+    """The part of a metric key that names a set: 'dev+test' -> 'dev_test'."""
+    return re.sub(r"[^0-9A-Za-z]+", "_", split).strip("_") or "set"
+
+
+def eval_set_names(data, eval_config) -> list[str]:
+    """The metric names of every evaluation set, in order (the guard last)."""
+    names = [metric_name(split) for split in eval_split_sets(data.eval_split_name)]
+    return names + (["guard"] if eval_config.guard_data_dir else [])
+
+
 def validate_train_config(config: TrainConfig) -> None:
     """Cross-flag checks that argparse cannot do; each names the flag and the fix."""
     src, tr, ev, ck, flt, data = (config.source, config.training, config.eval, config.checkpoint,
@@ -454,6 +519,20 @@ def validate_train_config(config: TrainConfig) -> None:
         raise UserError("--overwrite_output_dir deletes the run that --resume_from would continue; give one")
     if src.streaming and tr.max_steps <= 0:
         raise UserError("--streaming needs --max_steps: the length of a stream is not known in advance")
+    if tr.ema_decay is not None and not 0 <= tr.ema_decay < 1:
+        raise UserError(f"--ema_decay must be in [0, 1) (e.g. 0.999), got {tr.ema_decay}")
+    if tr.eval_with_ema and tr.ema_decay is None:
+        raise UserError("--eval_with_ema needs --ema_decay (the average to evaluate); add it")
+    lora = config.lora
+    if not lora.use_lora and lora != LoraConfig():
+        raise UserError("--lora_r, --lora_alpha, --lora_dropout, --lora_target_modules and --lora_merge "
+                        "take effect with --use_lora; add it")
+    if lora.use_lora and (lora.lora_r < 1 or not 0 <= lora.lora_dropout < 1):
+        raise UserError(f"--lora_r must be at least 1 and --lora_dropout in [0, 1); got {lora.lora_r}, "
+                        f"{lora.lora_dropout}")
+    if src.streaming and data.prepare_only:
+        raise UserError("--prepare_only with --streaming: a stream is decoded as it is read, so there "
+                        "is nothing to prepare; drop one of the two")
     if src.streaming and data.group_by_length:
         raise UserError("--group_by_length needs prepared data: a stream's lengths are not known in "
                         "advance; drop --streaming or --group_by_length")
@@ -511,10 +590,17 @@ def validate_train_config(config: TrainConfig) -> None:
                         "longer audio would be cut while its transcript stays whole")
     if ck.save_total_limit is not None and ck.save_total_limit < 1:
         raise UserError("--save_total_limit must be at least 1 (or none to keep every checkpoint)")
+    names = eval_set_names(data, ev)
     best_metrics = [f"eval_{name}" for name in ERROR_RATES]
+    if len(names) > 1:
+        best_metrics += [f"eval_{set_name}_{name}" for set_name in names for name in ERROR_RATES]
     if ck.metric_for_best_model not in best_metrics:
         raise UserError(f"--metric_for_best_model {ck.metric_for_best_model}: not a quality metric of the "
                         f"evaluation; use one of {', '.join(best_metrics)}")
+    if len(set(names)) != len(names):
+        raise UserError(f"--eval_split_name {data.eval_split_name}: a set is named twice ({', '.join(names)})")
+    if ev.guard_max_samples is not None and ev.guard_max_samples < 1:
+        raise UserError(f"--guard_max_samples must be at least 1 (or none), got {ev.guard_max_samples}")
     if ck.greater_is_better:
         raise UserError(f"--greater_is_better: {ck.metric_for_best_model} is an error rate, better when "
                         "lower; leave the flag out")

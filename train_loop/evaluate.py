@@ -34,7 +34,9 @@ class EvaluateConfig:
     generation_max_length: int = flag(225, "Most tokens generated per clip after the prompt.")
     num_beams: int = flag(1, "Beam width (1 = greedy).")
     eval_normalizer: str = flag("belarusian", "Normalizer for WER/CER.", NORMALIZERS)
-    language: str = flag("be", "Language token forced in generation.")
+    language: str | None = flag(
+        None, "Language forced in generation (default: the model's generation config, else be). A "
+        "model trained with --language_token_from also answers to its own language code.")
     task: str = flag("transcribe", "Whisper task.", ("transcribe", "translate"))
     mixed_precision: str | None = flag(
         None, "Generate under autocast in this precision (default: the accelerate config, else no).",
@@ -65,7 +67,7 @@ def evaluate_model(options: EvaluateConfig, source: SourceConfig, speed: EvalSpe
     from .data import build_eval_set
     from .distributed import reset_accelerator_settings
     from .evaluation import GenerationSettings, evaluate
-    from .model import load_model, load_processor
+    from .model import load_model, load_processor, model_language
     from .report import format_wer_table
     from .text import get_normalizer
 
@@ -75,16 +77,17 @@ def evaluate_model(options: EvaluateConfig, source: SourceConfig, speed: EvalSpe
     output_dir = options.output_dir or (options.model if os.path.isdir(options.model) else "eval-results")
     reset_accelerator_settings()
     accelerator = Accelerator(mixed_precision=options.mixed_precision, cpu=not torch.cuda.is_available())
-    processor = load_processor(options.model, options.language, options.task)
+    language = model_language(options.model, options.language)[0] or "be"
+    processor = load_processor(options.model, language, options.task)
     model = accelerator.prepare(load_model(ModelConfig(
-        model_name_or_path=options.model, language=options.language, task=options.task,
+        model_name_or_path=options.model, language=language, task=options.task,
         attn_implementation=options.attn_implementation), processor))
     eval_set = build_eval_set(source, DataConfig(dataloader_num_workers=options.dataloader_num_workers),
                               processor, accelerator, options.split,
                               batch_size=options.per_device_eval_batch_size, max_samples=options.max_samples,
                               eval_normalizer=options.eval_normalizer)
     normalizer = get_normalizer(options.eval_normalizer)
-    settings = GenerationSettings.from_config(options.language, options.task, options.generation_max_length,
+    settings = GenerationSettings.from_config(language, options.task, options.generation_max_length,
                                               options.num_beams, speed or EvalSpeedConfig())
     predictions_path = os.path.join(output_dir, "eval", f"{options.split}-predictions.jsonl")
     result = evaluate(model, eval_set, processor.tokenizer, settings, accelerator, normalizer, predictions_path)

@@ -246,7 +246,9 @@ def transformers_transcripts(options: ExportConfig, source: SourceConfig) -> dic
     from .sources import load_rows
 
     model_dir = options.model
-    language = options.language or _model_language(model_dir)
+    from .model import model_language
+
+    language = model_language(model_dir, options.language)[0] if options.language else _model_language(model_dir)
     processor = load_processor(model_dir, language, options.task)
     reset_accelerator_settings()
     accelerator = Accelerator(cpu=not torch.cuda.is_available())

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -33,6 +34,16 @@ from .schedule import LRSchedule, set_learning_rate
 
 
 @dataclass
+class EvalTarget:
+    """One set evaluated at every evaluation: its clips, how they are transcribed and scored."""
+
+    name: str  # in its metric keys: eval_<name>_wer
+    eval_set: EvalSet
+    generation: GenerationSettings
+    normalizer: Callable[[str], str]
+
+
+@dataclass
 class Run:
     """Everything the loop touches, built by ``main``."""
 
@@ -43,7 +54,7 @@ class Run:
     schedule: LRSchedule
     processor: Any
     train_batches: TrainBatches
-    eval_set: EvalSet | None
+    eval_targets: list[EvalTarget]  # the first picks the best checkpoint (eval_wer) by default
     normalizer: Callable[[str], str]
     generation: GenerationSettings
     logger: RunLogger
@@ -58,6 +69,7 @@ class Run:
     reported_skips: int = 0  # streaming: skipped rows already reported
     nonfinite_streak: int = 0  # consecutive steps whose update was skipped
     hub: Any = None  # HubUpload on the main process with --push_to_hub
+    ema: Any = None  # ema.WeightAverage with --ema_decay
 
 
 def train(run: Run) -> bool:
@@ -65,8 +77,8 @@ def train(run: Run) -> bool:
     cfg, accelerator, state = run.config, run.accelerator, run.state
     max_steps = run.schedule.total_steps
     accumulation = cfg.training.gradient_accumulation_steps
-    if cfg.eval.eval_at_start and state.step == 0 and run.eval_set is not None:
-        run_evaluation(run, run.eval_set, prefix="eval")
+    if cfg.eval.eval_at_start and state.step == 0 and run.eval_targets:
+        run_evaluations(run)
 
     window = LogWindow(accelerator.device)
     bar = progress_bar(max_steps, "train", enabled=accelerator.is_main_process, initial=state.step, unit="step")
@@ -77,6 +89,8 @@ def train(run: Run) -> bool:
         learning_rate = run.schedule(state.step + 1)  # a pure function of the step
         set_learning_rate(run.optimizer, learning_rate)
         loss_sum, tokens, grad_norm, skipped = optimizer_step(run, micro_batches)
+        if run.ema is not None and not skipped:
+            run.ema.update(accelerator.unwrap_model(run.model))
 
         state.step += 1
         state.skipped_steps += skipped
@@ -102,14 +116,14 @@ def train(run: Run) -> bool:
         # Evaluations and checkpoints that fall due while updates are being skipped wait for the
         # next applied update: the weights that produced a NaN gradient are never "best" or
         # "latest".
-        eval_due = eval_due or (_due(state.step, cfg.eval.eval_steps, max_steps) and run.eval_set is not None)
+        eval_due = eval_due or (_due(state.step, cfg.eval.eval_steps, max_steps) and bool(run.eval_targets))
         save_due = save_due or _due(state.step, cfg.checkpoint.save_steps, max_steps)
         healthy = run.nonfinite_streak == 0
         new_best = False
         if eval_due and healthy:
             window.pause()
-            result = run_evaluation(run, run.eval_set, prefix="eval")
-            last_eval_seconds = result["seconds"]
+            result = run_evaluations(run)
+            last_eval_seconds = result["eval_seconds_all"]
             new_best = track_best(run, result)
             eval_due = False
             window.resume()
@@ -230,7 +244,7 @@ def log_training(run: Run, window: LogWindow, learning_rate: float, grad_norm: t
     seconds = max(window.seconds(), 1e-9)
     samples_per_second = window.samples / seconds
     seconds_per_step = run.seconds_this_run / max(1, state.step - run.start_step)
-    remaining_evals = _remaining(state.step, cfg.eval.eval_steps, max_steps) if run.eval_set else 0
+    remaining_evals = _remaining(state.step, cfg.eval.eval_steps, max_steps) if run.eval_targets else 0
     eta = (max_steps - state.step) * seconds_per_step + remaining_evals * last_eval_seconds
     record = {
         "epoch": round(epoch_progress(run), 4),
@@ -295,22 +309,55 @@ def epoch_progress(run: Run) -> float:
 # --------------------------------------------------------------------------------------------
 
 
-def run_evaluation(run: Run, eval_set: EvalSet, prefix: str) -> dict[str, Any]:
-    """Evaluate ``eval_set`` now; log, record and return ``{prefix}_wer`` etc."""
+# What an evaluation logs of ``evaluation.evaluate``'s result, as {prefix}_{key}.
+LOGGED = ("wer", "cer", "wer_raw", "loop_rate", "substitutions", "deletions", "insertions", "words",
+          "samples", "empty_references", "seconds", "samples_per_second")
+
+
+def run_evaluations(run: Run) -> dict[str, Any]:
+    """Evaluate every set now. Returns the first set's ``eval_wer`` etc., every set's
+    ``eval_<set>_wer`` etc. when there are several, and ``eval_seconds_all``."""
+    merged: dict[str, Any] = {"eval_seconds_all": 0.0}
+    several = len(run.eval_targets) > 1
+    averaged = run.ema is not None and run.config.training.eval_with_ema
+    with run.ema.applied(run.accelerator.unwrap_model(run.model)) if averaged else nullcontext():
+        for index, target in enumerate(run.eval_targets):
+            result = run_evaluation(run, target.eval_set, prefix="eval", name=target.name if several else None,
+                                    primary=index == 0, generation=target.generation,
+                                    normalizer=target.normalizer)
+            merged.update(result)
+            merged["eval_seconds_all"] += result["seconds"]
+    return merged
+
+
+def run_evaluation(run: Run, eval_set: EvalSet, prefix: str, name: str | None = None, primary: bool = True,
+                   generation: GenerationSettings | None = None,
+                   normalizer: Callable[[str], str] | None = None) -> dict[str, Any]:
+    """Evaluate ``eval_set`` now; log, record and return ``{prefix}_wer`` etc. (for the first set)
+    and ``{prefix}_{name}_wer`` etc. (for a named set, when there are several)."""
     state, cfg = run.state, run.config
-    name = f"step-{state.step}.jsonl" if prefix == "eval" else f"{prefix}-step-{state.step}.jsonl"
-    result = evaluate(run.model, eval_set, run.processor.tokenizer, run.generation, run.accelerator,
-                      run.normalizer, os.path.join(cfg.training.output_dir, "eval", name),
+    if prefix == "eval" and primary:
+        file_name = f"step-{state.step}.jsonl"
+    else:
+        file_name = f"{name or prefix}-step-{state.step}.jsonl"
+    result = evaluate(run.model, eval_set, run.processor.tokenizer, generation or run.generation, run.accelerator,
+                      normalizer or run.normalizer, os.path.join(cfg.training.output_dir, "eval", file_name),
                       synced_gpus=run.synced_gpus)
-    record = {f"{prefix}_{key}": value for key, value in result.items()
-              if key in ("wer", "cer", "wer_raw", "samples", "empty_references", "seconds",
-                         "samples_per_second")}
+    values = {key: value for key, value in result.items() if key in LOGGED}
+    record = {f"{prefix}_{key}": value for key, value in values.items()} if primary else {}
+    if name:
+        record.update({f"{prefix}_{name}_{key}": value for key, value in values.items()})
     run.logger.metrics(record, state.step)
-    state.evaluations.append({"step": state.step, "split": eval_set.split, **record})
+    # The WER table and the model card read one generic record per set and step.
+    state.evaluations.append({"step": state.step, "split": name or eval_set.split, "primary": primary,
+                              **{f"{prefix}_{key}": value for key, value in values.items()}})
     state.log_history.append({"step": state.step, **record})
+    loops = result.get("loop_rate")
     run.logger.info(
-        f"{prefix} {eval_set.split} at step {state.step}: WER {_pct(result.get('wer'))} | "
+        f"{prefix} {name or eval_set.split} at step {state.step}: WER {_pct(result.get('wer'))} | "
         f"CER {_pct(result.get('cer'))} | raw WER {_pct(result.get('wer_raw'))} | "
+        f"ran to the length limit {_pct(loops)} | sub/del/ins {result.get('substitutions', 0)}/"
+        f"{result.get('deletions', 0)}/{result.get('insertions', 0)} | "
         f"{result['samples']} clips in {format_duration(result['seconds'])} "
         f"({result['samples_per_second']:.1f} clips/s)")
     if eval_set.report is not None and eval_set.report.skipped:

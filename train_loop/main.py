@@ -27,7 +27,7 @@ if __package__ in (None, ""):
 
 from train_loop.checkpoint import (STATE_FILE, TrainerState, incomplete_checkpoints, resolve_resume,
                                    run_manifest, save_final_model)
-from train_loop.config import TrainConfig, parse_train_config
+from train_loop.config import SourceConfig, TrainConfig, eval_split_sets, metric_name, parse_train_config
 from train_loop.data import build_eval_set, build_train_batches
 from train_loop.loaders import close_loader, steps_for_epochs
 from train_loop.distributed import (accelerator_kwargs, check_shared_output_dir, fill_deepspeed_config,
@@ -36,7 +36,10 @@ from train_loop.distributed import (accelerator_kwargs, check_shared_output_dir,
 from train_loop.errors import UserError
 from train_loop.evaluation import GenerationSettings
 from train_loop.logger import RunLogger, make_line_buffered, quiet_library_output
-from train_loop.loop import Run, run_evaluation, train
+from train_loop.loop import EvalTarget, Run, run_evaluation, train
+from train_loop.ema import WeightAverage
+from train_loop.lora import (apply_lora, is_lora, keep_only_adapters_in_checkpoints, merged_whisper_weights,
+                             parameter_summary, save_adapters)
 from train_loop.model import load_model, load_processor
 from train_loop.optim import build_optimizer
 from train_loop.precision import (check_precision_supported, frozen_weights_fp32,
@@ -124,11 +127,19 @@ def _run(config: TrainConfig, argv: list[str], accelerator, lock, stop_signal: S
                     f"{resume_step} by the interrupted run (those steps run again)")
 
     # 2. Model and processor.
-    processor = load_processor(config.model.model_name_or_path, config.model.language, config.model.task)
+    processor = load_processor(config.model.model_name_or_path, config.model.token_language(), config.model.task)
+    if config.model.language_token_from:
+        logger.info(f"language {config.model.language}: decoded with Whisper's <|{config.model.language_token_from}|> "
+                    "token (--language_token_from)")
     with load_whole_model(accelerator):
         model = load_model(config.model, processor)
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    logger.info(f"model {config.model.model_name_or_path}: {trainable / 1e6:.1f}M trainable parameters")
+    if config.lora.use_lora:
+        if zero_stage(accelerator) == 3:
+            raise UserError("--use_lora under DeepSpeed ZeRO-3 is not supported: LoRA already keeps the "
+                            "optimizer state small; use DDP or launch/accelerate/deepspeed_zero2.yaml")
+        model = apply_lora(model, config.lora)
+    logger.info(f"model {config.model.model_name_or_path}: {parameter_summary(model)}"
+                + (f" (LoRA r {config.lora.lora_r} on {config.lora.lora_target_modules})" if config.lora.use_lora else ""))
 
     # 3. Data: every skipped clip is counted and reported.
     train_batches = build_train_batches(
@@ -137,12 +148,12 @@ def _run(config: TrainConfig, argv: list[str], accelerator, lock, stop_signal: S
         eval_normalizer=config.eval.eval_normalizer)
     logger.info(train_batches.report.summary() if not config.source.streaming else
                 f"{config.data.train_split_name}: streaming (skipped clips are reported as they are read)")
-    eval_set = None
-    if config.data.eval_split_name.lower() != "none":
-        eval_set = eval_set_for(config, processor, accelerator, config.data.eval_split_name,
-                                config.data.max_eval_samples)
-        if eval_set.report is not None:
-            logger.info(eval_set.report.summary())
+    generation = GenerationSettings.from_config(config.model.token_language(), config.model.task,
+                                                config.eval.generation_max_length, config.eval.num_beams,
+                                                config.speed)
+    eval_targets = build_eval_targets(config, processor, accelerator, generation, logger)
+    if config.data.prepare_only:
+        return prepare_only(config, processor, accelerator, train_batches, eval_targets, logger)
 
     # 4. Optimizer and learning-rate schedule (a pure function of the step; the loop sets it).
     max_steps = config.training.max_steps
@@ -155,6 +166,16 @@ def _run(config: TrainConfig, argv: list[str], accelerator, lock, stop_signal: S
                 + (" (DeepSpeed offload: states and step in CPU memory)" if optimizer_offloaded(accelerator) else ""))
     frozen_fp32 = frozen_weights_fp32(model) if uses_deepspeed(accelerator) else {}
     model, optimizer = accelerator.prepare(model, optimizer)
+    if config.lora.use_lora and not uses_deepspeed(accelerator):
+        keep_only_adapters_in_checkpoints(accelerator)
+    ema = None
+    if config.training.ema_decay is not None:
+        if zero_stage(accelerator) == 3:
+            raise UserError("--ema_decay under DeepSpeed ZeRO-3 is not supported (each process holds only "
+                            "a shard of the weights); use ZeRO-2 or DDP, or average checkpoints with "
+                            "python -m train_loop.average")
+        ema = WeightAverage(accelerator.unwrap_model(model), config.training.ema_decay)
+        accelerator.register_for_checkpointing(ema)  # saved with every checkpoint, restored on resume
     # Every process draws its own dropout and SpecAugment masks (seed + process index): with one
     # seed, all processes would mask alike. The data order has its own generators, seeded by
     # --seed alone, so it does not depend on this (nor on the number of processes).
@@ -176,16 +197,13 @@ def _run(config: TrainConfig, argv: list[str], accelerator, lock, stop_signal: S
 
     # 6. Train.
     manifest = run_manifest(argv, train_batches.fingerprint, accelerator.num_processes)
-    generation = GenerationSettings.from_config(config.model.language, config.model.task,
-                                                config.eval.generation_max_length, config.eval.num_beams,
-                                                config.speed)
     training_run = Run(config=config, accelerator=accelerator, model=model, optimizer=optimizer,
                        schedule=schedule, processor=processor,
-                       train_batches=train_batches, eval_set=eval_set,
+                       train_batches=train_batches, eval_targets=eval_targets,
                        normalizer=get_normalizer(config.eval.eval_normalizer),
                        generation=generation, logger=logger, state=state, manifest=manifest,
                        start_step=state.step, synced_gpus=zero_stage(accelerator) == 3,
-                       input_dtype=model_input_dtype(accelerator), frozen_fp32=frozen_fp32, hub=hub)
+                       input_dtype=model_input_dtype(accelerator), frozen_fp32=frozen_fp32, hub=hub, ema=ema)
     logger.info(f"training {max_steps} steps of {schedule.kind} schedule, peak lr {schedule.peak:g} "
                 f"at step {schedule.warmup_steps or 1}; global batch "
                 f"{config.training.per_device_train_batch_size * accelerator.num_processes * config.training.gradient_accumulation_steps}")
@@ -206,8 +224,8 @@ def _run(config: TrainConfig, argv: list[str], accelerator, lock, stop_signal: S
     try:
         finish(training_run)
     finally:
-        if eval_set is not None:
-            close_loader(eval_set.loader)
+        for target in eval_targets:
+            close_loader(target.eval_set.loader)
     accelerator.end_training()
     logger.close()
     return 0
@@ -293,15 +311,46 @@ def finish(run: Run) -> None:
             accelerator.load_state(best)  # ZeRO shards: let DeepSpeed place them
         else:
             load_weights(model, best)
+        if run.ema is not None:
+            load_custom_state(run.ema, best)  # the best step's average too
         logger.info(f"final model = best checkpoint {state.best_checkpoint} "
                     f"({cfg.checkpoint.metric_for_best_model} {state.best_metric:.3f})")
     model.config.use_cache = True  # generation speed for whoever loads the model
     weights = full_precision_state_dict(accelerator, run.model, run.frozen_fp32)  # every process takes part
-    on_main_process(accelerator, lambda: save_final_model(model, run.processor, output_dir, weights,
-                                                          cfg.checkpoint.save_dtype))
-    accelerator.wait_for_everyone()
-    logger.info(f"saved the final model to {output_dir} ({cfg.checkpoint.save_dtype} weights; "
-                "from_pretrained / pipeline ready)")
+    if run.ema is not None:
+        # The average in float32, by parameter name (under DeepSpeed too, where the module holds
+        # 16-bit copies and the masters live in the optimizer): the trained weights elsewhere.
+        averaged = None if weights is None else run.ema.averaged_weights(weights)
+        if cfg.training.eval_with_ema:
+            weights = averaged
+            run.ema.copy_to(model)  # the test evaluation below hears the average too
+            logger.info(f"final model = the weight average (--ema_decay {cfg.training.ema_decay}, --eval_with_ema)")
+        else:
+            ema_dir = os.path.join(output_dir, "ema")
+            os.makedirs(ema_dir, exist_ok=True)
+            plain = model.get_base_model() if is_lora(model) else model
+            if averaged is not None and is_lora(model):
+                averaged = merged_whisper_weights(model, averaged)
+            on_main_process(accelerator, lambda: save_final_model(plain, run.processor, ema_dir, averaged,
+                                                                  cfg.checkpoint.save_dtype))
+            accelerator.wait_for_everyone()
+            logger.info(f"saved the weight average (--ema_decay {cfg.training.ema_decay}) to {ema_dir}")
+    if is_lora(model) and not cfg.lora.lora_merge:
+        on_main_process(accelerator, lambda: save_adapters(model, run.processor, output_dir))
+        accelerator.wait_for_everyone()
+        logger.info(f"saved the LoRA adapters to {output_dir} (--lora_merge false: load with "
+                    f"PeftModel.from_pretrained(WhisperForConditionalGeneration.from_pretrained("
+                    f"'{cfg.model.model_name_or_path}'), '{output_dir}'))")
+    else:
+        plain = model
+        if is_lora(model):  # the adapters merged: an ordinary Whisper folder
+            plain = model.get_base_model()
+            weights = merged_whisper_weights(model, weights) if weights is not None else None
+        on_main_process(accelerator, lambda: save_final_model(plain, run.processor, output_dir, weights,
+                                                              cfg.checkpoint.save_dtype))
+        accelerator.wait_for_everyone()
+        logger.info(f"saved the final model to {output_dir} ({cfg.checkpoint.save_dtype} weights"
+                    f"{', LoRA merged' if is_lora(model) else ''}; from_pretrained / pipeline ready)")
 
     test_split = cfg.data.test_split_name
     if test_split.lower() != "none":
@@ -329,6 +378,56 @@ def finish(run: Run) -> None:
             logger.info(f"uploaded {len(names)} files to https://huggingface.co/{cfg.hub.hub_model_id}")
 
 
+def prepare_only(config: TrainConfig, processor, accelerator, train_batches, eval_targets, logger) -> int:
+    """--prepare_only: the training and evaluation sets are prepared by now; prepare the test
+    split too, and stop before any model work."""
+    test_split = config.data.test_split_name
+    if test_split.lower() != "none" and has_split(config.source, test_split):
+        test_set = eval_set_for(config, processor, accelerator, test_split, max_samples=None)
+        logger.info(test_set.report.summary())
+        close_loader(test_set.loader)
+    train_batches.close()
+    for target in eval_targets:
+        close_loader(target.eval_set.loader)
+    from train_loop.prepared import cache_root
+
+    logger.info(f"--prepare_only: every split is prepared in {cache_root(config.source)}; runs with the "
+                "same data flags and --cache_dir read it without preparing again")
+    accelerator.end_training()
+    logger.close()
+    return 0
+
+
+def build_eval_targets(config: TrainConfig, processor, accelerator, generation: GenerationSettings,
+                       logger) -> list[EvalTarget]:
+    """The sets evaluated during training: each of --eval_split_name's (comma-separated), then
+    the forgetting guard (--guard_data_dir), transcribed in its own language."""
+    targets = []
+    for split in eval_split_sets(config.data.eval_split_name):
+        eval_set = eval_set_for(config, processor, accelerator, split, config.data.max_eval_samples)
+        if eval_set.report is not None:
+            logger.info(eval_set.report.summary())
+        targets.append(EvalTarget(metric_name(split), eval_set, generation,
+                                  get_normalizer(config.eval.eval_normalizer)))
+    ev = config.eval
+    if ev.guard_data_dir:
+        language = ev.guard_language.strip("<|>")
+        if processor.tokenizer.convert_tokens_to_ids(f"<|{language}|>") == processor.tokenizer.unk_token_id:
+            raise UserError(f"--guard_language {ev.guard_language}: not a language Whisper knows "
+                            "(use its code, e.g. en, ru, pl)")
+        source = SourceConfig(data_dir=ev.guard_data_dir, cache_dir=config.source.cache_dir,
+                              preprocessing_num_workers=config.source.preprocessing_num_workers)
+        source.kind()
+        guard = build_eval_set(source, config.data, processor, accelerator, ev.guard_split_name,
+                               batch_size=ev.per_device_eval_batch_size, max_samples=ev.guard_max_samples,
+                               eval_normalizer=ev.guard_normalizer, streaming=False)
+        if guard.report is not None:
+            logger.info(f"forgetting guard ({language}, {ev.guard_data_dir}): {guard.report.summary()}")
+        targets.append(EvalTarget("guard", guard, dataclasses.replace(generation, language=language),
+                                  get_normalizer(ev.guard_normalizer)))
+    return targets
+
+
 def eval_set_for(config: TrainConfig, processor, accelerator, split: str, max_samples: int | None):
     """Evaluation under ZeRO-3 reads prepared data even with --streaming: every process must
     call generate the same number of times, which only a split of known size can promise
@@ -339,13 +438,23 @@ def eval_set_for(config: TrainConfig, processor, accelerator, split: str, max_sa
                           streaming=config.source.streaming and zero_stage(accelerator) != 3)
 
 
+def load_custom_state(ema, checkpoint_dir: str) -> None:
+    from accelerate.checkpointing import load_custom_state as load
+
+    load(ema, checkpoint_dir, 0)
+
+
 def load_weights(model, checkpoint_dir: str) -> None:
     from safetensors.torch import load_file
 
     weights = load_file(os.path.join(checkpoint_dir, "model.safetensors"))
+    weights = {name.removeprefix("module."): tensor for name, tensor in weights.items()}  # saved under DDP
     missing, unexpected = model.load_state_dict(weights, strict=False)
-    # Tied output projection is stored once; anything else missing means a wrong checkpoint.
-    missing = [name for name in missing if name != "proj_out.weight"]
+    # Tied output projection is stored once; anything else missing means a wrong checkpoint. A
+    # LoRA checkpoint holds only the adapters: the base weights are missing by design.
+    missing = [name for name in missing if name != "proj_out.weight" and not name.endswith("proj_out.weight")]
+    if is_lora(model):
+        missing = [name for name in missing if ".lora_" in name]
     if missing or unexpected:
         raise UserError(f"{checkpoint_dir}: weights do not match the model "
                         f"(missing {missing[:3]}, unexpected {unexpected[:3]})")

@@ -34,8 +34,30 @@ def load_processor(name_or_path: str, language: str, task: str):
     try:
         tokenizer.set_prefix_tokens(language=language, task=task, predict_timestamps=False)
     except ValueError as err:
-        raise UserError(f"--language {language}: {err}") from None
+        raise UserError(f"--language {language}: not a language Whisper has a token for ({err}). For a "
+                        "new language, add --language_token_from CODE: the token of a related language "
+                        "Whisper knows (e.g. uk or ru for a Slavic language) is reused for it") from None
     return processor
+
+
+def model_language(name_or_path: str, language: str | None) -> tuple[str | None, str | None]:
+    """(language token to use, the language's own name) for a trained model: a model trained with
+    --language_token_from keeps ``trained_language`` and ``language`` (the borrowed token) in its
+    generation config, so asking for ``trained_language`` decodes with that token. No language
+    given: the generation config's."""
+    from transformers import GenerationConfig
+
+    try:
+        generation = GenerationConfig.from_pretrained(name_or_path)
+    except OSError:
+        return language, language
+    token = (generation.language or "").strip("<|>") or None
+    trained = getattr(generation, "trained_language", None)
+    if language is None:
+        return token, trained or token
+    if trained and language == trained:
+        return token, trained
+    return language, language
 
 
 def load_model(config: ModelConfig, processor):
@@ -47,7 +69,8 @@ def load_model(config: ModelConfig, processor):
             dtype=torch.float32)  # fp32 master weights; autocast provides bf16/fp16 compute
     except Exception as err:
         raise UserError(_load_hint(config.model_name_or_path, "model", err)) from None
-    configure_generation(model, config.language, config.task)
+    configure_generation(model, config.token_language(), config.task,
+                         trained_language=config.language if config.language_token_from else None)
     # SpecAugment lives in the model config: Whisper's encoder applies it in training mode only.
     model.config.apply_spec_augment = config.apply_spec_augment
     for name in ("mask_time_prob", "mask_time_length", "mask_time_min_masks", "mask_feature_prob",
@@ -71,11 +94,14 @@ def load_model(config: ModelConfig, processor):
     return model
 
 
-def configure_generation(model, language: str, task: str) -> None:
-    """Make the saved model transcribe ``language`` by default (pipeline, generate)."""
+def configure_generation(model, language: str, task: str, trained_language: str | None = None) -> None:
+    """Make the saved model transcribe ``language`` by default (pipeline, generate).
+    ``trained_language``: the language's own code when its token is borrowed (``language``)."""
     generation = model.generation_config
     generation.language = language
     generation.task = task
+    if trained_language:
+        generation.trained_language = trained_language  # saved in generation_config.json
     generation.forced_decoder_ids = None  # superseded by language/task; both set warns
     # Generation settings belong in generation_config; keeping them in config as well makes
     # transformers warn on every generate() call.

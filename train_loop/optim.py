@@ -19,8 +19,8 @@ def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     for param in model.parameters():
         if param.requires_grad:
             (decay if param.ndim >= 2 else no_decay).append(param)
-    return [{"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0}]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return [group for group in groups if group["params"]]  # LoRA adapters have no 1-D tensors
 
 
 def build_optimizer(model: torch.nn.Module, config: TrainingConfig, offloaded: bool = False) -> torch.optim.Optimizer:

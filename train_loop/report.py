@@ -11,18 +11,27 @@ def _cell(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f}"
 
 
+def _count(value: int | None) -> str:
+    return "" if value is None else str(value)
+
+
 def format_wer_table(evaluations: list[dict[str, Any]], normalizer: str,
                      best_step: int | None = None) -> str:
-    """One row per evaluation: step, split, clips, WER, CER, raw WER (all in %)."""
+    """One row per evaluation and set: step, set, clips, WER, CER, raw WER (in %), the % of
+    clips whose generation ran to the length limit (repetition loops), and the word
+    substitutions, deletions and insertions behind the WER."""
     rows = []
     for record in evaluations:
         prefix = "test" if "test_samples" in record else "eval"
+        best = (best_step is not None and record.get("step") == best_step and prefix == "eval"
+                and record.get("primary", True))
         rows.append((str(record.get("step", "")), record.get("split", ""),
                      str(record.get(f"{prefix}_samples", "")), _cell(record.get(f"{prefix}_wer")),
                      _cell(record.get(f"{prefix}_cer")), _cell(record.get(f"{prefix}_wer_raw")),
-                     "best" if best_step is not None and record.get("step") == best_step
-                     and prefix == "eval" else ""))
-    header = ("step", "split", "clips", "WER %", "CER %", "raw WER %")
+                     _cell(record.get(f"{prefix}_loop_rate")), _count(record.get(f"{prefix}_substitutions")),
+                     _count(record.get(f"{prefix}_deletions")), _count(record.get(f"{prefix}_insertions")),
+                     "best" if best else ""))
+    header = ("step", "split", "clips", "WER %", "CER %", "raw WER %", "loops %", "sub", "del", "ins")
     widths = [max([len(header[i])] + [len(row[i]) for row in rows]) for i in range(len(header))]
 
     def line(cells, mark=""):
@@ -30,7 +39,8 @@ def format_wer_table(evaluations: list[dict[str, Any]], normalizer: str,
                           for i, (c, w) in enumerate(zip(cells, widths)))
         return f"{text}  <- {mark}" if mark else text
 
-    out = [f"WER table (normalizer: {normalizer}; raw WER: no normalization)", line(header),
+    out = [f"WER table (normalizer: {normalizer}; raw WER: no normalization; loops: clips that ran to "
+           "--generation_max_length without an end token)", line(header),
            "-+-".join("-" * w for w in widths)]
     out += [line(row[:-1], row[-1]) for row in rows]
     return "\n".join(out)

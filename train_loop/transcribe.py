@@ -116,7 +116,11 @@ class Transcriber:
             raise UserError(f"--model {model_path}: cannot load a Whisper model and processor there "
                             f"({reason})") from None
         self.dtype = dtype
-        self.language = language or getattr(self.model.generation_config, "language", None)
+        generation = self.model.generation_config
+        own = (generation.language or "").strip("<|>") or None
+        trained = getattr(generation, "trained_language", None)
+        # a model trained with --language_token_from answers to its language's own code too
+        self.language = own if (language is None or (trained and language == trained)) else language
         self.task = task
         self.num_beams = num_beams
         self.max_new_tokens = max_new_tokens

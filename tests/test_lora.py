@@ -1,0 +1,77 @@
+"""--use_lora (PEFT): only the adapters train, checkpoints hold them alone and resume exactly,
+and the final model is a plain, merged Whisper folder."""
+
+import json
+import os
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from train_loop import main as train_main
+from conftest import tone, train_args
+
+LORA = dict(use_lora="true", lora_r=4, lora_alpha=8, lora_dropout=0.1, lora_target_modules="q_proj,v_proj",
+            max_steps=4, save_steps=2, eval_steps=2, learning_rate=1e-2, test_split_name="none",
+            log_sample_ids="true")
+
+
+def records(out):
+    keep = ("loss", "learning_rate", "grad_norm", "eval_wer")
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [{k: r[k] for k in ("step", *keep) if k in r} for r in lines]
+
+
+def test_lora_trains_adapters_only_resumes_exactly_and_merges(tiny_model_dir, dataset_dir, tmp_path, capsys):
+    from transformers import WhisperForConditionalGeneration, pipeline
+
+    full = tmp_path / "full"
+    assert train_main.main(train_args(tiny_model_dir, dataset_dir, full, tmp_path / "c", **LORA)) == 0
+    printed = capsys.readouterr().out
+    assert "parameters train (" in printed and "LoRA r 4 on q_proj,v_proj" in printed
+    # the checkpoint's model file holds the adapters alone
+    saved = load_file(full / "checkpoint-2" / "model.safetensors")
+    assert saved and all(".lora_A." in name or ".lora_B." in name for name in saved)
+    base = load_file(os.path.join(tiny_model_dir, "model.safetensors"))
+    assert sum(t.numel() for t in saved.values()) < 0.2 * sum(t.numel() for t in base.values())
+    # the final model is plain Whisper: base weights plus B @ A, and it loads in a pipeline
+    final = load_file(full / "model.safetensors")
+    assert not any("lora" in name or "base_layer" in name for name in final)
+    changed = [name for name in final if not torch.equal(final[name], base[name])]
+    assert changed and all(name.endswith(("q_proj.weight", "v_proj.weight")) for name in changed)
+    WhisperForConditionalGeneration.from_pretrained(full)
+    assert isinstance(pipeline("automatic-speech-recognition", model=str(full))(tone(1.0))["text"], str)
+
+    # resume from checkpoint-2: the same losses, learning rates, WER and final weights
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    import shutil
+
+    shutil.copytree(full / "checkpoint-2", resumed / "checkpoint-2")
+    assert train_main.main(train_args(tiny_model_dir, dataset_dir, resumed, tmp_path / "c", resume_from="latest",
+                                      **LORA)) == 0
+    assert records(resumed) == [r for r in records(full) if r["step"] > 2]
+    again = load_file(resumed / "model.safetensors")
+    for name, tensor in final.items():
+        assert torch.equal(tensor, again[name]), name
+
+
+def test_lora_without_merge_saves_a_peft_adapter_folder(tiny_model_dir, dataset_dir, tmp_path):
+    from peft import PeftModel
+    from transformers import WhisperForConditionalGeneration
+
+    out = tmp_path / "adapters"
+    assert train_main.main(train_args(tiny_model_dir, dataset_dir, out, tmp_path / "c",
+                                      **{**LORA, "lora_merge": "false", "max_steps": 2})) == 0
+    assert (out / "adapter_config.json").is_file() and (out / "adapter_model.safetensors").is_file()
+    model = PeftModel.from_pretrained(WhisperForConditionalGeneration.from_pretrained(tiny_model_dir), out)
+    assert sum(p.numel() for n, p in model.named_parameters() if "lora_" in n) > 0
+
+
+@pytest.mark.parametrize("extra, expected", [
+    ({"lora_r": 8}, "take effect with --use_lora"),
+    ({"use_lora": "true", "lora_target_modules": "query"}, "--lora_target_modules query: no module named query"),
+])
+def test_lora_flag_mistakes_are_one_line_errors(tiny_model_dir, dataset_dir, tmp_path, capsys, extra, expected):
+    assert train_main.main(train_args(tiny_model_dir, dataset_dir, tmp_path / "r", tmp_path / "c", **extra)) == 2
+    assert expected in capsys.readouterr().err
