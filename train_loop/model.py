@@ -51,7 +51,7 @@ def model_language(name_or_path: str, language: str | None) -> tuple[str | None,
         generation = GenerationConfig.from_pretrained(name_or_path)
     except OSError:
         return language, language
-    token = (generation.language or "").strip("<|>") or None
+    token = (getattr(generation, "language", None) or "").strip("<|>") or None
     trained = getattr(generation, "trained_language", None)
     if language is None:
         return token, trained or token

@@ -117,7 +117,7 @@ class Transcriber:
                             f"({reason})") from None
         self.dtype = dtype
         generation = self.model.generation_config
-        own = (generation.language or "").strip("<|>") or None
+        own = (getattr(generation, "language", None) or "").strip("<|>") or None
         trained = getattr(generation, "trained_language", None)
         # a model trained with --language_token_from answers to its language's own code too
         self.language = own if (language is None or (trained and language == trained)) else language
