@@ -77,7 +77,7 @@ def evaluate_model(options: EvaluateConfig, source: SourceConfig, speed: EvalSpe
     output_dir = options.output_dir or (options.model if os.path.isdir(options.model) else "eval-results")
     reset_accelerator_settings()
     accelerator = Accelerator(mixed_precision=options.mixed_precision, cpu=not torch.cuda.is_available())
-    language = model_language(options.model, options.language)[0] or "be"
+    language = model_language(options.model, options.language) or "be"
     processor = load_processor(options.model, language, options.task)
     model = accelerator.prepare(load_model(ModelConfig(
         model_name_or_path=options.model, language=language, task=options.task,

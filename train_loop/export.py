@@ -248,7 +248,9 @@ def transformers_transcripts(options: ExportConfig, source: SourceConfig) -> dic
     model_dir = options.model
     from .model import model_language
 
-    language = model_language(model_dir, options.language)[0] if options.language else _model_language(model_dir)
+    language = model_language(model_dir, options.language)
+    if not language:
+        raise UserError(f"--model {model_dir} names no language in its generation config; give --language")
     processor = load_processor(model_dir, language, options.task)
     reset_accelerator_settings()
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
@@ -270,18 +272,6 @@ def transformers_transcripts(options: ExportConfig, source: SourceConfig) -> dic
     table = load_rows(source, options.check_split).rows
     audio = {clip_id: clip for clip_id, clip in zip(table["id"], table["audio"]) if clip_id in kept}
     return {"rows": rows, "audio": audio, "seconds": seconds, "language": language}
-
-
-def _model_language(model_dir: str) -> str:
-    from transformers import GenerationConfig
-
-    try:
-        language = GenerationConfig.from_pretrained(model_dir).language
-    except OSError:
-        language = None
-    if not language:
-        raise UserError(f"--model {model_dir} names no language in its generation config; give --language")
-    return language.strip("<|>")
 
 
 def runtime_transcriber(fmt: str, exported: str, language: str, task: str, max_new_tokens: int,

@@ -40,24 +40,23 @@ def load_processor(name_or_path: str, language: str, task: str):
     return processor
 
 
-def model_language(name_or_path: str, language: str | None) -> tuple[str | None, str | None]:
-    """(language token to use, the language's own name) for a trained model: a model trained with
-    --language_token_from keeps ``trained_language`` and ``language`` (the borrowed token) in its
-    generation config, so asking for ``trained_language`` decodes with that token. No language
-    given: the generation config's."""
+def decoding_language(generation, language: str | None) -> str | None:
+    """The language token to decode with, from a model's generation config: a model trained with
+    --language_token_from keeps ``trained_language`` and ``language`` (the borrowed token), so
+    asking for ``trained_language`` decodes with that token. No language given: the config's."""
+    token = (getattr(generation, "language", None) or "").strip("<|>") or None
+    trained = getattr(generation, "trained_language", None)
+    return token if language is None or (trained and language == trained) else language
+
+
+def model_language(name_or_path: str, language: str | None) -> str | None:
+    """``decoding_language`` for a model folder (or Hub id) not loaded yet."""
     from transformers import GenerationConfig
 
     try:
-        generation = GenerationConfig.from_pretrained(name_or_path)
+        return decoding_language(GenerationConfig.from_pretrained(name_or_path), language)
     except OSError:
-        return language, language
-    token = (getattr(generation, "language", None) or "").strip("<|>") or None
-    trained = getattr(generation, "trained_language", None)
-    if language is None:
-        return token, trained or token
-    if trained and language == trained:
-        return token, trained
-    return language, language
+        return language
 
 
 def load_model(config: ModelConfig, processor):

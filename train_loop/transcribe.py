@@ -116,11 +116,9 @@ class Transcriber:
             raise UserError(f"--model {model_path}: cannot load a Whisper model and processor there "
                             f"({reason})") from None
         self.dtype = dtype
-        generation = self.model.generation_config
-        own = (getattr(generation, "language", None) or "").strip("<|>") or None
-        trained = getattr(generation, "trained_language", None)
-        # a model trained with --language_token_from answers to its language's own code too
-        self.language = own if (language is None or (trained and language == trained)) else language
+        from .model import decoding_language
+
+        self.language = decoding_language(self.model.generation_config, language)
         self.task = task
         self.num_beams = num_beams
         self.max_new_tokens = max_new_tokens

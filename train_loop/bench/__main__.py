@@ -199,9 +199,13 @@ def _prepared_train(bench: Bench):
     """The benchmark's training split as the run prepared it (read from the run's cache)."""
     from accelerate import Accelerator
 
+    from ..config import parse_train_config
     from ..data import build_train_batches
+    from ..model import load_processor
 
-    config, _, processor, _, _ = _ready(bench)
+    config = parse_train_config(_our_flags(bench.model, bench.data, os.path.join(bench.work, "bare"), bench.setup,
+                                           bench.precision))
+    processor = load_processor(bench.model, config.model.language, config.model.task)
     train = build_train_batches(config.source, config.data, config.filters, processor, Accelerator(cpu=True),
                                 batch_size=bench.setup.batch_size, seed=0, eval_normalizer="belarusian")
     return train.loader.dataset
