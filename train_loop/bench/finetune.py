@@ -17,7 +17,6 @@ Prints a table and, as its last line, one JSON object (``wer_before``, ``wer_aft
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -26,37 +25,59 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 
-from ..config import str2bool
+from ..config import flag, parse_sections
+from ..errors import UserError, run_tool
 
 DEFAULT_BUILDER = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "fixtures",
                                "make_be_speech.py")
 
 
+@dataclass
+class FinetuneBenchConfig:
+    """The benchmark's data, run length and optimization."""
+
+    _argument_group_name = "The fine-tuning benchmark (bench.finetune)"
+
+    model: str | None = flag(None, "Whisper checkpoint folder (transformers format). Required.")
+    work_dir: str | None = flag(None, "Where the data and the run go (default: a new temporary folder).")
+    speech_builder: str = flag(os.path.normpath(DEFAULT_BUILDER),
+                               "make_be_speech.py (default: ../shared/fixtures/make_be_speech.py).")
+    train: int = flag(2400, "Training clips (the default 2400 are each seen once).")
+    test: int = flag(80, "Held-out clips scored before and after fine-tuning.")
+    steps: int = flag(300, "Optimizer steps.")
+    batch_size: int = flag(8, "Clips per step.")
+    learning_rate: float = flag(1e-4, "Peak learning rate.")
+    freeze_encoder: bool = flag(True, "Train the decoder only (on a CPU the encoder's backward would double "
+                                      "every step).")
+    mixed_precision: str = flag("no", "Mixed precision of the run.", ("no", "bf16", "fp16"))
+    eval_batch_size: int = flag(16, "Clips per generation batch.")
+    seed: int = flag(0, "Seed of the speech and of the run.")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="Whisper checkpoint folder (transformers format)")
-    parser.add_argument("--work_dir", default=None, help="data and the run (default: a temp dir)")
-    parser.add_argument("--speech_builder", default=os.path.normpath(DEFAULT_BUILDER),
-                        help="make_be_speech.py (default: ../shared/fixtures/make_be_speech.py)")
-    parser.add_argument("--train", type=int, default=2400, help="training clips (default 2400: each seen once)")
-    parser.add_argument("--test", type=int, default=80, help="held-out clips scored before and after (default 80)")
-    parser.add_argument("--steps", type=int, default=300, help="optimizer steps (default 300)")
-    parser.add_argument("--batch_size", type=int, default=8, help="clips per step (default 8)")
-    parser.add_argument("--learning_rate", type=float, default=1e-4, help="peak learning rate (default 1e-4)")
-    parser.add_argument("--freeze_encoder", type=str2bool, default=True,
-                        help="train the decoder only (default true: on a CPU the encoder's backward "
-                             "would double every step)")
-    parser.add_argument("--mixed_precision", default="no", choices=["no", "bf16", "fp16"])
-    parser.add_argument("--eval_batch_size", type=int, default=16)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
+    def body():
+        args = parse_sections({"bench": FinetuneBenchConfig}, argv, prog="train_loop.bench.finetune",
+                              description=__doc__.split("\n\n")[0])["bench"]
+        return run_benchmark(args)
+
+    return run_tool(body)
+
+
+def run_benchmark(args: FinetuneBenchConfig) -> int:
+    if not args.model:
+        raise UserError("--model is required: a Whisper folder in transformers format, e.g. the one "
+                        "../shared/fixtures/make_whisper.py OUT --size base builds")
+    for name in ("train", "test", "steps", "batch_size", "eval_batch_size"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name} must be at least 1, got {getattr(args, name)}")
     if not os.path.isfile(args.speech_builder):
-        raise SystemExit(f"--speech_builder {args.speech_builder}: no such file (it is in the project's "
-                         "shared/fixtures folder)")
+        raise UserError(f"--speech_builder {args.speech_builder}: no such file (it is in the project's "
+                        "shared/fixtures folder)")
     missing = [tool for tool in ("espeak-ng", "sox") if shutil.which(tool) is None]
     if missing:
-        raise SystemExit(f"the speech builder needs {' and '.join(missing)}: apt-get install espeak-ng sox")
+        raise UserError(f"the speech builder needs {' and '.join(missing)}: apt-get install espeak-ng sox")
     work = args.work_dir or tempfile.mkdtemp(prefix="finetune-")
     os.makedirs(work, exist_ok=True)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -114,7 +135,7 @@ def fine_tune(args, data: str, run_dir: str) -> tuple[dict, list[dict]]:
     shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run every time
     argv = [item for key, value in flags.items() for item in (f"--{key}", str(value))]
     if train_main(argv) != 0:
-        raise SystemExit("the fine-tuning run failed; see its output above")
+        raise UserError("the fine-tuning run failed; see its output above")
     with open(os.path.join(run_dir, "results.json"), encoding="utf-8") as handle:
         results = json.load(handle)
     with open(os.path.join(run_dir, "metrics.jsonl"), encoding="utf-8") as handle:
