@@ -62,7 +62,7 @@ class Sweep:
         self.cache = str(work / "cache")
         self.results: list[dict] = []
         sys.path.insert(0, str(ROOT))
-        from train_loop.model import build_tiny_whisper
+        from train_loop.synthetic.models import build_tiny_whisper
 
         build_tiny_whisper(self.model, chunk_length=2, d_model=32, layers=1, heads=2)
         self.data = audiofolder(work / "data")

@@ -52,7 +52,7 @@ def write_audiofolder(root: Path, splits: dict[str, list[str]], seconds: float =
 def tiny_model_dir(tmp_path_factory) -> str:
     """A random Whisper (d_model 32, 1+1 layers) with the real multilingual tokenizer and a
     2 s input window (200 frames), so a training step takes milliseconds on CPU."""
-    from train_loop.model import build_tiny_whisper
+    from train_loop.synthetic.models import build_tiny_whisper
 
     path = tmp_path_factory.mktemp("tiny-whisper")
     return build_tiny_whisper(str(path), chunk_length=2, d_model=32, layers=1, heads=2)
@@ -62,7 +62,7 @@ def tiny_model_dir(tmp_path_factory) -> str:
 def model_30s(tmp_path_factory) -> str:
     """A random tiny Whisper with the real 30 s window (3000 frames, 1500 encoder positions):
     what faster-whisper and whisper.cpp require (both hard-code 30 s)."""
-    from train_loop.model import build_tiny_whisper
+    from train_loop.synthetic.models import build_tiny_whisper
 
     path = tmp_path_factory.mktemp("tiny-whisper-30s")
     return build_tiny_whisper(str(path), chunk_length=30, d_model=64, layers=2, heads=4)
@@ -70,7 +70,7 @@ def model_30s(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="session")
 def processor(tiny_model_dir):
-    from train_loop.model import load_processor
+    from train_loop.core.model import load_processor
 
     return load_processor(tiny_model_dir, "be", "transcribe")
 

@@ -11,9 +11,9 @@ import time
 import urllib.request
 
 import pytest
+from conftest import ROOT, free_port, train_args
 
 from train_loop import main as train_main
-from conftest import ROOT, free_port, train_args
 
 pytest.importorskip("gradio", reason="pip install '.[app]'")
 webdriver = pytest.importorskip("selenium.webdriver", reason="pip install selenium")

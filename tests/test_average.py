@@ -4,11 +4,11 @@ import json
 
 import pytest
 import torch
+from conftest import tone, train_args
 from safetensors.torch import load_file
 
 from train_loop import average as average_cli
 from train_loop import main as train_main
-from conftest import tone, train_args
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +46,7 @@ def test_average_is_the_elementwise_mean_and_loads_as_a_whisper_model(run_with_c
 
 def test_average_refuses_one_input_a_missing_folder_and_different_models(run_with_checkpoints, tmp_path,
                                                                         tiny_model_dir, capsys):
-    from train_loop.model import build_tiny_whisper
+    from train_loop.synthetic.models import build_tiny_whisper
 
     run, _ = run_with_checkpoints
     assert average_cli.main([str(run / "checkpoint-1"), "--output_dir", str(tmp_path / "a")]) == 2

@@ -1,11 +1,11 @@
 """The benchmark command runs end to end (smallest configuration) and ends with its JSON line."""
 
 import json
+import math
 import subprocess
 import sys
 
 import pytest
-
 from conftest import ROOT
 
 
@@ -23,11 +23,15 @@ def test_bench_smoke_prints_a_table_and_a_final_json_line(tmp_path):
                 "group_by_length_speedup", "padding_tokens_per_step", "padding_tokens_per_step_grouped",
                 "eval_variants"):
         assert key in summary, key
-    # The ratios are the two sides' measured rates divided (nothing to assert about their size here).
-    assert summary["train_speedup_vs_trainer"] == pytest.approx(
-        summary["train_samples_per_second"] / summary["trainer_train_samples_per_second"], abs=0.02)
-    assert summary["eval_speedup_vs_trainer"] == pytest.approx(
-        summary["eval_samples_per_second"] / summary["trainer_eval_samples_per_second"], abs=0.02)
+    # Both sides were measured (a rate of 0 or NaN would make any ratio meaningless), and the
+    # table a reader sees prints the JSON's numbers.
+    for key in ("train_samples_per_second", "trainer_train_samples_per_second", "eval_samples_per_second",
+                "trainer_eval_samples_per_second"):
+        assert math.isfinite(summary[key]) and summary[key] > 0, key
+    table = result.stdout
+    assert f"{summary['train_samples_per_second']:.1f}" in table
+    assert f"({summary['train_speedup_vs_trainer']:.2f}x)" in table
+    assert f"({summary['eval_speedup_vs_trainer']:.2f}x)" in table
     # Same model, same clips, greedy decoding: both evaluations agree.
     assert summary["eval_wer_equal"] is True
     assert all(variant["transcripts_equal"] for variant in summary["eval_variants"].values())

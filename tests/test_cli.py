@@ -4,11 +4,11 @@ import json
 
 import jiwer
 import pytest
+from conftest import write_bad_rows
 
 from train_loop import evaluate as evaluate_cli
 from train_loop import stats as stats_cli
-from train_loop.text import BelarusianTextNormalizer
-from conftest import write_bad_rows
+from train_loop.core.text import BelarusianTextNormalizer
 
 
 def test_evaluate_a_saved_model_on_a_split(tiny_model_dir, dataset_dir, tmp_path, capsys):
@@ -37,7 +37,7 @@ def audio_sensitive_model_dir(tmp_path_factory):
     import torch
     from transformers import WhisperForConditionalGeneration
 
-    from train_loop.model import build_tiny_whisper
+    from train_loop.synthetic.models import build_tiny_whisper
 
     path = str(tmp_path_factory.mktemp("tiny-sensitive"))
     build_tiny_whisper(path, chunk_length=2, d_model=32, layers=1, heads=2)

@@ -1,12 +1,12 @@
 import numpy as np
 import pytest
 import torch
-
-from train_loop.collator import IGNORE_INDEX, SpeechCollator
-from train_loop.data import collator_for
-from train_loop.prepared import featurizer_for
-from train_loop.config import DataConfig
 from conftest import tone
+
+from train_loop.data.build import collator_for
+from train_loop.data.collator import IGNORE_INDEX, SpeechCollator
+from train_loop.data.config import DataConfig
+from train_loop.data.features import featurizer_for
 
 
 @pytest.fixture(scope="module")

@@ -1,13 +1,18 @@
 import dataclasses
 import subprocess
 import sys
+import typing
 
 import pytest
 
-from train_loop.config import TRAIN_SECTIONS, TrainConfig, parse_train_config
-from train_loop.errors import UserError
+from train_loop.core.errors import UserError
+from train_loop.training.config import TRAIN_SECTIONS, TrainConfig, parse_train_config
+
+pytestmark = pytest.mark.unit
 
 BASE = ["--output_dir", "out", "--data_dir", "data"]
+FLOAT_FLAGS = sorted(name for cls in TRAIN_SECTIONS.values() for name, hint in typing.get_type_hints(cls).items()
+                     if float in (hint, *typing.get_args(hint)))
 
 
 def test_yaml_recipe_is_read_and_command_line_overrides_it(tmp_path):
@@ -61,6 +66,38 @@ def test_inconsistent_flags_are_rejected(argv, message):
         parse_train_config(argv)
 
 
+@pytest.mark.parametrize("name", FLOAT_FLAGS)
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_no_number_flag_takes_nan_or_infinity(name, value):
+    """NaN passes every `< 0` check; each float flag is checked for finiteness at parse time."""
+    with pytest.raises(UserError, match=f"--{name} must be a finite number"):
+        parse_train_config(BASE + [f"--{name}={value}"])
+
+
+def test_a_rule_declared_with_its_field_names_the_flag_and_the_value():
+    from train_loop.core.flags import at_least, check_fields, flag
+
+    @dataclasses.dataclass
+    class Section:
+        workers: int = flag(1, "workers", check=at_least(1))
+
+    check_fields(Section(workers=3))
+    with pytest.raises(UserError, match="--workers must be at least 1, got 0"):
+        check_fields(Section(workers=0))
+    assert {"learning_rate", "max_grad_norm", "weight_decay", "adam_epsilon"} <= set(FLOAT_FLAGS)
+
+
+def test_help_starts_with_a_short_usage_and_loads_no_torch():
+    """`--help` prints before torch, accelerate or datasets load (seconds saved on every look)."""
+    probe = ("import runpy, sys; sys.argv = ['train_loop.main', '--help']\n"
+             "try:\n    runpy.run_module('train_loop.main', run_name='__main__')\n"
+             "except SystemExit:\n    pass\n"
+             "print('LOADED', sorted(m for m in ('torch', 'accelerate', 'datasets') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert out.startswith("usage: python -m train_loop.main [--config RECIPE.yaml] [--FLAG VALUE ...]\n")
+    assert "LOADED []" in out
+
+
 def test_help_lists_every_flag_with_its_default():
     out = subprocess.run([sys.executable, "-m", "train_loop.main", "--help"], capture_output=True,
                          text=True, check=True).stdout
@@ -84,12 +121,13 @@ def test_flag_names_are_unique_across_sections():
 
 
 def test_choices_come_from_the_registries_that_hold_the_implementations():
-    from train_loop.config import SOURCE_FLAGS, build_parser
-    from train_loop.optim import OPTIMIZERS
-    from train_loop.schedule import DECAYS
-    from train_loop.sources import SOURCES
-    from train_loop.text import NORMALIZERS
-    from train_loop.trackers import TRACKERS
+    from train_loop.core.flags import build_parser
+    from train_loop.core.text import NORMALIZERS
+    from train_loop.data.config import SOURCE_FLAGS
+    from train_loop.data.sources import SOURCES
+    from train_loop.outputs.trackers import TRACKERS
+    from train_loop.training.optim import OPTIMIZERS
+    from train_loop.training.schedule import DECAYS
 
     parser = build_parser(TRAIN_SECTIONS, "t", "")
     choices = {action.dest: set(action.choices) for action in parser._actions if action.choices}
@@ -103,7 +141,7 @@ def test_choices_come_from_the_registries_that_hold_the_implementations():
 def test_list_and_optional_fields_parse_from_flags_and_recipes(tmp_path):
     from typing import Optional
 
-    from train_loop.config import flag, parse_sections
+    from train_loop.core.flags import flag, parse_sections
 
     @dataclasses.dataclass
     class Lists:
@@ -121,8 +159,10 @@ def test_list_and_optional_fields_parse_from_flags_and_recipes(tmp_path):
 
 @pytest.mark.parametrize("argv, message", [
     (BASE + ["--metric_for_best_model", "eval_seconds"], "not a quality metric of the evaluation"),
-    (BASE + ["--greater_is_better"], "is an error rate, better when lower"),
     (BASE + ["--eval_split_name", "none", "--load_best_model_at_end"], "needs evaluations"),
+    (BASE + ["--eval_split_name", ",", "--load_best_model_at_end"], "names no set"),
+    (BASE + ["--min_learning_rate", "1e-3", "--learning_rate", "1e-4"], "between 0 and --learning_rate"),
+    (BASE + ["--use_lora", "--lora_r", "0"], "--lora_r must be at least 1"),
 ])
 def test_combinations_that_make_no_sense_are_rejected(argv, message):
     with pytest.raises(UserError, match=message):

@@ -1,16 +1,22 @@
 import numpy as np
 import pytest
-
-from train_loop.config import DataConfig, SourceConfig
-from train_loop.streaming import RowShards, StreamingBatches
-from train_loop.data import collator_for
-from train_loop.prepared import featurizer_for, prepare_split
-from train_loop.samplers import LengthGroupedBatchSampler, ShardedBatchSampler, eval_batches
-from train_loop.features import (SKIP_EMPTY_TEXT, SKIP_LABEL_TOO_LONG, SKIP_OVER_WINDOW,
-                                 SKIP_TOO_SHORT, SKIP_UNREADABLE, Filters)
-from train_loop.sources import load_rows
 from conftest import SENTENCES, write_audiofolder, write_bad_rows
 
+from train_loop.data.build import collator_for
+from train_loop.data.config import DataConfig, SourceConfig
+from train_loop.data.features import (
+    SKIP_EMPTY_TEXT,
+    SKIP_LABEL_TOO_LONG,
+    SKIP_OVER_WINDOW,
+    SKIP_TOO_SHORT,
+    SKIP_UNREADABLE,
+    Filters,
+    featurizer_for,
+)
+from train_loop.data.prepared import prepare_split
+from train_loop.data.samplers import LengthGroupedBatchSampler, ShardedBatchSampler, eval_batches
+from train_loop.data.sources import load_rows
+from train_loop.data.streaming import RowShards, StreamingBatches
 
 FILTERS = Filters(min_seconds=0.5, max_seconds=2.0, max_label_tokens=40)
 EXPECTED_SKIPS = {SKIP_UNREADABLE: 3, SKIP_EMPTY_TEXT: 1, SKIP_OVER_WINDOW: 1, SKIP_TOO_SHORT: 1,
@@ -130,8 +136,8 @@ def test_eval_batches_cover_every_clip_once_longest_first_with_equal_counts():
 
 
 def _stream_batches(rows, processor, workers: int):
-    from train_loop.features import SkipReport
-    from train_loop.loaders import TrainBatches, make_loader
+    from train_loop.data.features import SkipReport
+    from train_loop.data.loaders import TrainBatches, make_loader
 
     stream = StreamingBatches(RowShards(rows.rows), featurizer_for(processor, DataConfig(), "belarusian"),
                               Filters(max_seconds=2.0), collator_for(processor), batch_size=3,

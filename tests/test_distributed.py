@@ -5,19 +5,18 @@ from launch/accelerate/, so those files are exercised as a user would use them.
 """
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from conftest import ROOT, SENTENCES, launch, train_args, write_audiofolder
 from safetensors.torch import load_file
 
 from train_loop import main as train_main
-from train_loop.config import parse_train_config
-from train_loop.distributed import fill_deepspeed_config
-from train_loop.errors import UserError
-from conftest import ROOT, SENTENCES, launch, train_args, write_audiofolder
+from train_loop.core.errors import UserError
+from train_loop.training.config import TrainConfig, parse_train_config
+from train_loop.training.distributed import fill_deepspeed_config
 
 # Transcripts of different lengths, so a wrong loss normalization would show.
 TRAIN = [f"{SENTENCES[i % len(SENTENCES)]} {'слова ' * (i % 4)}{i}" for i in range(12)]
@@ -215,6 +214,17 @@ def test_recipes_are_valid_and_name_existing_launch_configs(path):
     assert recipe["data_dir"].startswith("cv-corpus-") and "dataset_name" not in recipe
 
 
+@pytest.mark.unit
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
+def test_recipes_hold_only_what_differs_from_the_defaults(path):
+    """A recipe restating a default hides what it changes (and goes stale when the default
+    moves). Only the model is always named: it is what the recipe is about."""
+    defaults = TrainConfig().to_flat_dict()
+    recipe = yaml.safe_load(path.read_text())
+    restated = [key for key, value in recipe.items() if key != "model_name_or_path" and value == defaults[key]]
+    assert restated == [], f"{path.name} restates defaults: {restated}"
+
+
 # --------------------------------------------------------------------------------------------
 # Memory options
 # --------------------------------------------------------------------------------------------
@@ -305,7 +315,7 @@ class _FakeProcess:
 def test_caches_are_prepared_by_the_main_process_then_each_nodes_first_then_the_rest():
     import threading
 
-    from train_loop.distributed import once_per_node
+    from train_loop.core.processes import once_per_node
 
     barrier, order, lock = threading.Barrier(4), [], threading.Lock()
 
@@ -328,7 +338,7 @@ def test_caches_are_prepared_by_the_main_process_then_each_nodes_first_then_the_
 def test_cpu_adam_that_cannot_be_built_is_a_clear_error(monkeypatch):
     import deepspeed.ops.adam
 
-    from train_loop.optim import build_optimizer
+    from train_loop.training.optim import build_optimizer
 
     def cannot_build(*args, **kwargs):
         raise RuntimeError("Error building extension 'cpu_adam'")

@@ -5,10 +5,10 @@ import os
 import shutil
 
 import torch
+from conftest import train_args
 from safetensors.torch import load_file
 
 from train_loop import main as train_main
-from conftest import train_args
 
 EMA = dict(ema_decay=0.5, max_steps=4, save_steps=1, eval_steps=2, learning_rate=1e-2, test_split_name="none")
 

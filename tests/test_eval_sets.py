@@ -4,10 +4,10 @@ import json
 
 import pytest
 import torch
+from conftest import train_args, write_audiofolder
 
 from train_loop import main as train_main
-from train_loop.evaluation import reached_limit
-from conftest import SENTENCES, train_args, write_audiofolder
+from train_loop.evaluation.generation import reached_limit
 
 ENGLISH = ["The cat sat on the mat.", "A quick brown fox.", "Good morning to you.", "It is raining today."]
 

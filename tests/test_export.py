@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import ROOT, SENTENCES, tone, write_audiofolder
 
 ctranslate2 = pytest.importorskip("ctranslate2", reason="pip install '.[export]'")
@@ -78,7 +77,7 @@ def read_ggml(path):
 def test_ggml_file_holds_the_weights_vocabulary_and_whispers_mel_filters(model_30s, tmp_path):
     from transformers import WhisperForConditionalGeneration, WhisperTokenizer
 
-    from train_loop.ggml import MAGIC, whisper_cpp_name
+    from train_loop.runtimes.ggml import MAGIC, whisper_cpp_name
 
     export("--model", model_30s, "--format", "ggml", "--output_dir", tmp_path / "ggml")
     magic, hparams, filters, tokens, tensors = read_ggml(tmp_path / "ggml" / "ggml-model.bin")
@@ -106,19 +105,18 @@ def test_ggml_file_holds_the_weights_vocabulary_and_whispers_mel_filters(model_3
 
 def test_ggml_model_decodes_in_whisper_cpp_as_in_transformers(model_30s, tmp_path):
     pytest.importorskip("pywhispercpp", reason="pip install '.[export]'")
-    from train_loop.export import runtime_transcriber
+    from train_loop.runtimes import RUNTIMES
 
     export("--model", model_30s, "--format", "ggml", "--output_dir", tmp_path / "ggml")
     waveform = tone(2.0, freq=300)
     expected, *_ = hf_greedy(model_30s, waveform, new_tokens=12)
-    got = runtime_transcriber("ggml", str(tmp_path / "ggml" / "ggml-model.bin"), "be", "transcribe", 12,
-                              "float16")(waveform)
+    got = RUNTIMES["ggml"].transcriber(str(tmp_path / "ggml" / "ggml-model.bin"), "be", "transcribe", 12)(waveform)
     assert expected and got.startswith(expected[: len(expected) // 2]), (expected, got)
 
 
 def test_ctranslate2_export_loads_in_faster_whisper_with_the_models_numbers(model_30s, tmp_path):
     pytest.importorskip("faster_whisper", reason="pip install '.[export]'")
-    from train_loop.export import runtime_transcriber
+    from train_loop.runtimes import RUNTIMES
 
     out = tmp_path / "ct2"
     export("--model", model_30s, "--format", "ctranslate2", "--output_dir", out, "--quantization", "float32")
@@ -137,7 +135,7 @@ def test_ctranslate2_export_loads_in_faster_whisper_with_the_models_numbers(mode
                               beam_size=1, max_length=8, return_logits_vocab=True)[0]
     first = np.array(result.logits[0][0])
     assert int(first.argmax()) == int(logits.argmax())
-    got = runtime_transcriber("ctranslate2", str(out), "be", "transcribe", 12, "float32")(waveform)
+    got = RUNTIMES["ctranslate2"].transcriber(str(out), "be", "transcribe", 12)(waveform)
     assert got and (expected.startswith(got) or got.startswith(expected)), (expected, got)
 
 

@@ -1,10 +1,8 @@
 """Faults and bad input, injected the way users meet them: each ends handled, or stopped with one
 line that names the cause and the fix; never a silent wrong result, never a bare traceback."""
 
-import csv
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -13,11 +11,10 @@ from pathlib import Path
 
 import pytest
 import soundfile as sf
-import torch
+from conftest import ROOT, SENTENCES, launch_command, tone, train_args, write_audiofolder
 
 from train_loop import main as train_main
-from train_loop.errors import UserError
-from conftest import ROOT, SENTENCES, launch_command, tone, train_args, write_audiofolder
+from train_loop.core.errors import UserError
 
 TRAIN = [f"{SENTENCES[i % len(SENTENCES)]} {i}" for i in range(8)]
 QUICK = dict(eval_split_name="none", test_split_name="none", max_steps=2)
@@ -79,11 +76,11 @@ def test_a_diverging_run_skips_bad_steps_then_stops_with_the_last_good_checkpoin
 def test_a_nan_metric_is_never_the_best_and_nan_weights_are_never_the_final_model(tiny_model_dir, tmp_path):
     from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
-    from train_loop.checkpoint import is_improvement, save_final_model
+    from train_loop.training.checkpoint import is_improvement, save_final_model
 
-    assert not is_improvement(float("nan"), None, greater_is_better=False)
-    assert not is_improvement(float("inf"), 50.0, greater_is_better=True)
-    assert is_improvement(40.0, 50.0, greater_is_better=False)
+    assert not is_improvement(float("nan"), None)
+    assert not is_improvement(float("inf"), 50.0)
+    assert is_improvement(40.0, 50.0)
     model = WhisperForConditionalGeneration.from_pretrained(tiny_model_dir)
     weights = {name: tensor.clone() for name, tensor in model.state_dict().items()}
     weights["model.decoder.layer_norm.weight"][0] = float("nan")
@@ -201,7 +198,7 @@ def test_write_failures_of_torch_and_safetensors_are_recognized_as_a_full_disk()
 
     from safetensors import SafetensorError
 
-    from train_loop.rundir import is_disk_full
+    from train_loop.training.rundir import is_disk_full
 
     assert is_disk_full(OSError(errno.ENOSPC, "No space left on device"))
     assert is_disk_full(RuntimeError("[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed "
@@ -262,8 +259,8 @@ def _table(root, lines, encoding="utf-8"):
 
 
 def test_a_manifest_in_another_encoding_names_the_file_line_and_fix(tmp_path):
-    from train_loop.config import SourceConfig
-    from train_loop.sources import load_rows
+    from train_loop.data.config import SourceConfig
+    from train_loop.data.sources import load_rows
 
     root = _table(tmp_path / "d", ["file_name,sentence", "0.wav,Добры дзень", "1.wav,Дзякуй"], encoding="cp1251")
     with pytest.raises(UserError, match=r"metadata.csv is not UTF-8 text \(line 2, byte 0xc4\)\. Save it as UTF-8, "
@@ -284,8 +281,8 @@ def test_bom_malformed_and_duplicate_rows_are_accepted_counted_and_named(tiny_mo
 
 
 def test_a_second_row_with_another_transcript_is_an_error_naming_both_lines(tmp_path):
-    from train_loop.config import SourceConfig
-    from train_loop.sources import load_rows
+    from train_loop.data.config import SourceConfig
+    from train_loop.data.sources import load_rows
 
     root = _table(tmp_path / "d", ["file_name,sentence", "0.wav,Адзін", "1.wav,Два", "0.wav,Тры"])
     with pytest.raises(UserError, match=r"metadata.csv: line 4 lists 0.wav again \(first on line 2\) with another "
@@ -299,7 +296,7 @@ def test_a_second_row_with_another_transcript_is_an_error_naming_both_lines(tmp_
 
 
 def test_compressed_audio_cut_short_is_skipped_with_what_the_decoder_said(tmp_path):
-    from train_loop.audio import AudioDecodeError, decode_audio
+    from train_loop.data.audio import AudioDecodeError, decode_audio
 
     whole = tmp_path / "whole.mp3"
     sf.write(whole, tone(3.0, 48000), 48000, format="MP3")
@@ -367,37 +364,49 @@ def test_a_signal_to_the_trainer_finishes_the_step_saves_and_exits_75(tiny_model
     assert not (out / "model.safetensors").exists()  # no final model: the run is not finished
 
 
-SECOND_CTRL_C_DURING_SAVE = f"""
-import os, signal, sys, time
-sys.path.insert(0, {str(ROOT)!r})
-import train_loop.checkpoint as checkpoint
-from train_loop.preemption import DUPLICATE_WINDOW_S
-write = checkpoint._fsync_files
-def interrupted_again(folder):
-    # The user presses Ctrl-C again while the checkpoint is written (later than a forwarded copy of
-    # the first one could arrive).
-    time.sleep(DUPLICATE_WINDOW_S + 0.5)
-    os.kill(os.getpid(), signal.SIGINT)
-    write(folder)
-checkpoint._fsync_files = interrupted_again
-from train_loop.main import main
-sys.exit(main(sys.argv[1:]))
-"""
+def test_a_second_ctrl_c_stops_at_once_and_a_forwarded_copy_of_the_first_does_not(monkeypatch):
+    """The handler's rule, on a clock the test sets: the same Ctrl-C arriving twice (from the
+    terminal and forwarded by torchrun's agent) is one; a later one means "stop now"."""
+    from train_loop.training import preemption
+
+    now = [100.0]
+    monkeypatch.setattr(preemption.time, "monotonic", lambda: now[0])
+    stop = preemption.StopOnSignal(_OneProcess())
+    try:
+        with pytest.raises(preemption.StoppedBeforeTraining):  # before training: stop at once
+            stop._handle(signal.SIGINT, None)
+        stop.signal_name = None
+        stop.training = True
+        stop._handle(signal.SIGINT, None)  # the first: finish the step, then save
+        assert stop.requested() and stop.signal_name == "SIGINT"
+        now[0] += preemption.DUPLICATE_WINDOW_S / 2
+        stop._handle(signal.SIGINT, None)  # the forwarded copy: ignored
+        stop._handle(signal.SIGTERM, None)  # a SIGTERM after a SIGINT: already stopping
+        now[0] += preemption.DUPLICATE_WINDOW_S
+        with pytest.raises(KeyboardInterrupt):  # the user pressed Ctrl-C again
+            stop._handle(signal.SIGINT, None)
+    finally:
+        stop.restore()
 
 
-def test_a_second_ctrl_c_during_the_save_stops_at_once_without_a_traceback(tiny_model_dir, data, tmp_path):
-    out = tmp_path / "run"
-    process = subprocess.Popen([sys.executable, "-c", SECOND_CTRL_C_DURING_SAVE,
-                                *train_args(tiny_model_dir, data, out, tmp_path / "c", **SIGNAL_RUN)],
-                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    before = _wait_for_line(process, "step 2/")
-    process.send_signal(signal.SIGINT)
-    output = before + process.communicate(timeout=120)[0]
-    assert process.returncode == 130, output[-2000:]
-    assert "stopped at once (second Ctrl-C), without a new checkpoint" in output
-    assert "Traceback" not in output and "KeyboardInterrupt" not in output
-    resumed = run_cli(train_args(tiny_model_dir, data, out, tmp_path / "c", **{**SIGNAL_RUN, "max_steps": 3}))
-    assert resumed.returncode == 2  # the folder holds the interrupted run: resume it, not overwrite it
+class _OneProcess:
+    num_processes = 1
+
+
+def test_a_second_ctrl_c_ends_the_command_with_130_and_one_line(monkeypatch, capsys, tmp_path):
+    """Wherever the second Ctrl-C lands (here: while the run is being set up), the command ends
+    with exit status 130 and one line saying how to continue, never a traceback."""
+    from train_loop.training import setup
+
+    def interrupted(config):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(setup, "session", interrupted)
+    code = train_main.main(["--model_name_or_path", "m", "--data_dir", str(tmp_path), "--output_dir",
+                            str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 130
+    assert "stopped at once (second Ctrl-C), without a new checkpoint" in err and "Traceback" not in err
 
 
 def test_ctrl_c_delivered_twice_at_once_is_one_ctrl_c(tiny_model_dir, data, tmp_path):
@@ -471,7 +480,7 @@ def test_sigterm_to_one_trainer_of_two_stops_both_after_the_same_step(tiny_model
     step = _stopped_checkpoint(out, processes=2)
     assert f"stopped at step {step} (SIGTERM); checkpoint-{step} is saved" in output, output[-3000:]
     # The launcher got no signal itself, so it reports its workers' exit as a failure (with its
-    # own traceback, see the README); the status it reports is the resumable one.
+    # own traceback, see docs/faults.md); the status it reports is the resumable one.
     assert "exitcode  : 75" in output
 
 
@@ -493,7 +502,7 @@ def test_sigterm_to_one_trainer_of_two_stops_both_after_the_same_step(tiny_model
     ({"resume_from": "latest", "overwrite_output_dir": "true"}, "--overwrite_output_dir deletes the run"),
 ])
 def test_nonsense_values_are_one_line_errors(tiny_model_dir, data, tmp_path, flags, message):
-    from train_loop.config import parse_train_config
+    from train_loop.training.config import parse_train_config
 
     with pytest.raises(UserError, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
         parse_train_config(train_args(tiny_model_dir, data, tmp_path / "o", tmp_path / "c", **flags))

@@ -6,10 +6,10 @@ import os
 
 import pytest
 import torch
+from conftest import tone, train_args
 from safetensors.torch import load_file
 
 from train_loop import main as train_main
-from conftest import tone, train_args
 
 LORA = dict(use_lora="true", lora_r=4, lora_alpha=8, lora_dropout=0.1, lora_target_modules="q_proj,v_proj",
             max_steps=4, save_steps=2, eval_steps=2, learning_rate=1e-2, test_split_name="none",

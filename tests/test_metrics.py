@@ -1,8 +1,8 @@
 import pytest
 
-from train_loop.evaluation import gather_predictions, score
-from train_loop.metrics import error_rates, utterance_errors
-from train_loop.text import BelarusianTextNormalizer
+from train_loop.core.text import BelarusianTextNormalizer
+from train_loop.evaluation.generation import gather_predictions, score
+from train_loop.evaluation.metrics import error_rates, utterance_errors
 
 
 def test_corpus_rates_on_hand_counted_transcripts():

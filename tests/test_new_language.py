@@ -2,10 +2,11 @@
 
 import json
 
+from conftest import train_args
+
 from train_loop import evaluate as evaluate_cli
 from train_loop import main as train_main
 from train_loop.transcribe import Transcriber
-from conftest import train_args
 
 
 def test_a_new_language_borrows_a_token_and_every_tool_agrees(tiny_model_dir, dataset_dir, tmp_path, capsys):

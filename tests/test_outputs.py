@@ -9,9 +9,9 @@ import sys
 
 import pytest
 import yaml
+from conftest import ROOT, train_args
 
 from train_loop import main as train_main
-from conftest import ROOT, train_args
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -82,7 +82,7 @@ def test_a_tracker_that_is_not_installed_is_named_at_the_start(tiny_model_dir, d
 
 
 def test_the_upload_holds_exactly_the_final_model_files(finished_run, tmp_path):
-    from train_loop.hub import stage_final_files
+    from train_loop.outputs.hub import stage_final_files
 
     staging = tmp_path / "staging"
     staging.mkdir()

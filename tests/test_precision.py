@@ -1,7 +1,7 @@
 """Mixed precision: bf16 under one process, DDP, ZeRO-2 and ZeRO-3 (CPU, 2 processes), fp32
 master weights in every saved model, fp16 loss-scaler skips, and one random stream per process.
 
-Tolerance of bf16 against fp32 (stated in the README, measured on this CPU with the tiny model):
+Tolerance of bf16 against fp32 (stated in docs/scaling.md, measured on this CPU with the tiny model):
 every step's training loss within 0.1% (relative), the weights' total update within 2%
 (relative L2). Measured here: 0.02% and 0.4% over 12-40 steps.
 """
@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import ROOT, SENTENCES, launch, train_args, write_audiofolder
 from safetensors.torch import load_file
 
 from train_loop import main as train_main
-from conftest import ROOT, SENTENCES, launch, train_args, write_audiofolder
 
 LOSS_RTOL = 1e-3
 UPDATE_RTOL = 2e-2
@@ -32,7 +32,7 @@ RNG_PROBE = f"""
 import hashlib, json, os, sys
 sys.path.insert(0, {str(ROOT)!r})
 import numpy as np, torch
-import train_loop.loop as loop
+import train_loop.training.loop as loop
 step = loop.optimizer_step
 def recording(run, micro_batches):
     state = np.random.get_state()
@@ -199,14 +199,15 @@ import sys
 sys.path.insert(0, {str(ROOT)!r})
 import torch
 import train_loop.main as main
-build = main.build_accelerator
+import train_loop.training.setup as setup
+build = setup.build_accelerator
 def fp16_as_on_a_gpu(config):
     accelerator = build(config)
     accelerator.state._mixed_precision = "fp16"
     accelerator.native_amp = True
     accelerator.scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 20)
     return accelerator
-main.build_accelerator = fp16_as_on_a_gpu
+setup.build_accelerator = fp16_as_on_a_gpu
 sys.exit(main.main(sys.argv[1:]))
 """
 

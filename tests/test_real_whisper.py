@@ -7,9 +7,9 @@ import json
 import shutil
 
 import pytest
+from conftest import espeak
 
 from train_loop import evaluate as evaluate_cli
-from conftest import espeak
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="synthesizes speech with espeak-ng")]
@@ -40,7 +40,7 @@ def _plain_generate(model_dir, data_dir, language):
     import torch
     from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
-    from train_loop.audio import decode_audio
+    from train_loop.data.audio import decode_audio
 
     model = WhisperForConditionalGeneration.from_pretrained(model_dir)
     processor = WhisperProcessor.from_pretrained(model_dir)
@@ -99,9 +99,9 @@ def test_long_audio_is_transcribed_whole_by_the_real_base(real_whisper_base, tmp
 
     import numpy as np
     import soundfile as sf
-
     from conftest import ROOT
-    from train_loop.audio import decode_audio
+
+    from train_loop.data.audio import decode_audio
 
     parts = []
     for i, text in enumerate(ENGLISH):

@@ -9,11 +9,11 @@ import sys
 
 import pytest
 import torch
+from conftest import ROOT, SENTENCES, train_args, write_audiofolder
 from safetensors.torch import load_file
 
 from train_loop import main as train_main
-from train_loop.checkpoint import rotate_checkpoints
-from conftest import ROOT, SENTENCES, train_args, write_audiofolder
+from train_loop.training.checkpoint import rotate_checkpoints
 
 # 14 clips in batches of 2: 7 micro-batches an epoch. With 2 accumulation steps an optimizer
 # step can span two epochs (step 4 = the last batch of epoch 0 + the first of epoch 1).
@@ -43,7 +43,7 @@ def weights(path):
 @pytest.fixture(scope="module")
 def dropout_model_dir(tmp_path_factory):
     """The tiny model with dropout, so that a resume must also continue the random stream."""
-    from train_loop.model import build_tiny_whisper
+    from train_loop.synthetic.models import build_tiny_whisper
 
     path = tmp_path_factory.mktemp("tiny-dropout")
     return build_tiny_whisper(str(path), chunk_length=2, d_model=32, layers=1, heads=2, dropout=0.1)
@@ -178,7 +178,7 @@ def test_changed_layout_is_named_and_a_changed_stream_layout_is_an_error(
 
 KILL_DURING_SAVE = """
 import os, signal, sys
-import train_loop.checkpoint as checkpoint
+import train_loop.training.checkpoint as checkpoint
 write = checkpoint._write_text
 def dying_write(path, text):
     if path.endswith("trainer_state.json") and "checkpoint-4.partial" in path:

@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from train_loop.schedule import DECAYS, LRSchedule
+from train_loop.training.schedule import DECAYS, LRSchedule
 
 
 @pytest.mark.parametrize("kind", ["linear", "cosine", "constant"])

@@ -2,12 +2,11 @@ import csv
 
 import pytest
 import soundfile as sf
-
-from train_loop.config import SourceConfig
-from train_loop.errors import UserError
-from train_loop.sources import has_split, load_rows
 from conftest import SENTENCES, tone, write_audiofolder
 
+from train_loop.core.errors import UserError
+from train_loop.data.config import SourceConfig
+from train_loop.data.sources import has_split, load_rows
 
 CV_COLUMNS = ["client_id", "path", "sentence_id", "sentence", "sentence_domain", "up_votes", "down_votes",
               "age", "gender", "accents", "variant", "locale", "segment"]  # the columns of releases since 17.0
@@ -47,8 +46,8 @@ def test_audiofolder_rows(tmp_path):
 
 
 def test_common_voice_release_folder_loads_and_decodes_mp3(tmp_path, processor):
-    from train_loop.prepared import featurizer_for
-    from train_loop.config import DataConfig
+    from train_loop.data.config import DataConfig
+    from train_loop.data.features import featurizer_for
 
     root = write_common_voice(tmp_path / "cv", {"train": SENTENCES[:2], "dev": SENTENCES[2:4]})
     source = SourceConfig(data_dir=str(root))
@@ -114,8 +113,8 @@ def write_hub_style_parquet(root, splits):
 def test_hub_dataset_path_reads_audio_bytes_without_torchcodec(tmp_path, processor, streaming):
     """--dataset_name goes through datasets.load_dataset; a local folder of parquet shards
     stands in for the Hub here. Audio stays undecoded bytes until our decoder reads it."""
-    from train_loop.config import DataConfig
-    from train_loop.prepared import featurizer_for
+    from train_loop.data.config import DataConfig
+    from train_loop.data.features import featurizer_for
 
     root = write_hub_style_parquet(tmp_path / "hub", {"train": SENTENCES[:3], "test": SENTENCES[3:5]})
     source = SourceConfig(dataset_name=str(root))
@@ -127,7 +126,7 @@ def test_hub_dataset_path_reads_audio_bytes_without_torchcodec(tmp_path, process
     assert example["skip_reason"] == "" and example["duration"] == pytest.approx(1.0, abs=0.01)
     assert has_split(source, "test") and not has_split(source, "validation")
     if streaming:  # the resumable reader: every shard from any row on, or up to a limit
-        from train_loop.streaming import RowShards
+        from train_loop.data.streaming import RowShards
 
         shards = RowShards(rows.rows)
         texts = [row["text"] for shard in range(shards.num_shards) for row in shards.read(shard, 0)]

@@ -1,6 +1,7 @@
 import pytest
 
-from train_loop.text import BasicTextNormalizer, BelarusianTextNormalizer, prepare_label_text
+from train_loop.core.text import BasicTextNormalizer, BelarusianTextNormalizer
+from train_loop.data.features import prepare_label_text
 
 
 @pytest.fixture(scope="module")

@@ -7,11 +7,11 @@ import sys
 
 import pytest
 import torch
+from conftest import ROOT, train_args
 from safetensors.torch import load_file
 
 from train_loop import main as train_main
-from train_loop.schedule import LRSchedule
-from conftest import ROOT, train_args
+from train_loop.training.schedule import LRSchedule
 
 
 def metrics(output_dir, key="loss"):
@@ -83,8 +83,8 @@ def test_log_lines_reach_a_pipe_before_the_run_ends(tiny_model_dir, dataset_dir,
 
 
 def test_final_model_and_checkpoint_load_in_a_pipeline(tiny_model_dir, dataset_dir, tmp_path):
-    from transformers import pipeline
     from conftest import tone
+    from transformers import pipeline
 
     out = tmp_path / "run"
     assert train_main.main(train_args(tiny_model_dir, dataset_dir, out, tmp_path / "c", max_steps=2,
@@ -121,7 +121,7 @@ def test_user_errors_are_one_line_without_traceback(tiny_model_dir, dataset_dir,
 
 
 def test_streaming_run_decodes_in_workers_and_reports_skipped_rows(tiny_model_dir, tmp_path, capsys):
-    from conftest import write_bad_rows, write_audiofolder, SENTENCES
+    from conftest import SENTENCES, write_audiofolder, write_bad_rows
 
     root = write_bad_rows(tmp_path / "data")
     write_audiofolder(root, {"validation": SENTENCES[:3]})
@@ -155,7 +155,7 @@ def test_a_new_best_is_saved_between_save_steps_and_a_later_better_one_replaces_
     """Evaluations every step with scripted WERs 50, 40, 45, 30, 35; checkpoints only at the end
     (--save_steps 0), keeping one: each new best is saved when it is found, replaces the
     previous best, and --load_best_model_at_end makes it the final model."""
-    from train_loop import loop
+    from train_loop.training import loop
 
     scripted = iter([50.0, 40.0, 45.0, 30.0, 35.0])
     real_evaluate = loop.evaluate

@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import soundfile as sf
-
 from conftest import ROOT, tone
 
 

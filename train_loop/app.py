@@ -22,17 +22,27 @@ transcription.
 
 from __future__ import annotations
 
-import argparse
 import html
+import importlib.util
 import json
 import os
 import re
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from typing import Any
 
-from .errors import UserError
+from .core.console import run_tool
+from .core.errors import UserError
+from .core.flags import at_least, flag, parse_sections
+from .data.audio import SAMPLING_RATE, AudioDecodeError, decode_audio
+from .data.config import SourceConfig
+from .evaluation.config import DecodingConfig
+from .outputs.plot import draw_curves, read_metrics
+
+# Gradio, torch, transformers and the data loaders are imported where they are used: the page
+# starts in seconds, and models load on the first transcription.
 
 _STEP_FILE = re.compile(r"^(test-)?step-(\d+)\.jsonl$")
 SORTS = ("word errors (worst first)", "clip WER (worst first)", "clip id")
@@ -59,13 +69,11 @@ class RunFolder:
         return os.path.join(self.root, *parts)
 
     def checkpoints(self) -> list[str]:
-        from .checkpoint import complete_checkpoints
+        from .training.checkpoint import complete_checkpoints  # loads torch: only when a page asks
 
         return [path for _, path in complete_checkpoints(self.root)]
 
     def metrics(self) -> list[dict[str, Any]]:
-        from .plot import read_metrics
-
         return read_metrics(self.root) if os.path.isfile(self.path("metrics.jsonl")) else []
 
     def flags(self) -> dict[str, Any]:
@@ -220,14 +228,11 @@ class ClipAudio:
 
     def find(self, split: str, clip_id: str) -> tuple[Any, str]:
         """(audio for gr.Audio or None, a note)."""
-        from .audio import AudioDecodeError, decode_audio
-
         if not self.flags.get("data_dir") and not self.flags.get("dataset_name"):
             return None, "the run's data flags are unknown (no checkpoint with run_config.json yet)"
         if split not in self._by_split:
             try:
-                from .config import SourceConfig
-                from .sources import load_rows
+                from .data.sources import load_rows
 
                 fields = {name: self.flags[name] for name in ("dataset_name", "dataset_config_name", "dataset_revision",
                                                               "data_dir", "audio_column_name", "text_column_name",
@@ -252,14 +257,14 @@ class ClipAudio:
 class Transcribers:
     """The run's model and the comparison model, loaded on first use."""
 
-    def __init__(self, run_model: str | None, compare: str | None, language: str | None, max_new_tokens: int = 440):
+    def __init__(self, run_model: str | None, compare: str | None, language: str | None, max_new_tokens: int = 225):
         self.paths = {"run": run_model, "compare": compare}
         self.language = language
         self.max_new_tokens = max_new_tokens
         self.loaded: dict[str, Any] = {}
 
     def __call__(self, which: str, waveform) -> tuple[str, float]:
-        from .transcribe import Transcriber
+        from .evaluation.transcriber import Transcriber
 
         if which not in self.loaded:
             self.loaded[which] = Transcriber(self.paths[which], self.language, "transcribe",
@@ -386,15 +391,11 @@ def _curves(run: RunFolder):
     import matplotlib
 
     matplotlib.use("Agg")
-    from .plot import draw_curves
-
     return draw_curves(run.metrics(), os.path.basename(os.path.normpath(run.root)))
 
 
 def _to_mono_16k(samples, rate: int):
     import numpy as np
-
-    from .audio import SAMPLING_RATE
 
     audio = samples.astype(np.float32)
     if np.issubdtype(samples.dtype, np.integer):
@@ -412,30 +413,34 @@ def _pct(value) -> str:
     return "" if value is None else f"{float(value):.2f}"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="train_loop.app", description=__doc__.split("\n\n")[0])
-    parser.add_argument("run_dir", help="a run's output_dir")
-    parser.add_argument("--compare", default=None, help="a second model for 'Try it' (e.g. the base model)")
-    parser.add_argument("--port", type=int, default=7860)
-    parser.add_argument("--host", default="127.0.0.1", help="127.0.0.1: this machine only; 0.0.0.0: the network")
-    parser.add_argument("--generation_max_length", type=int, default=440,
-                        help="most tokens per 30 s window in 'Try it' (ends a repetition loop)")
-    args = parser.parse_args(argv)
-    from .logger import make_line_buffered, quiet_library_output
+@dataclass
+class AppConfig:
+    """Where the page is served, and what it compares."""
+    _argument_group_name = "The page (app)"
 
-    make_line_buffered()
-    quiet_library_output()
-    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    os.environ.setdefault("GRADIO_TEMP_DIR", tempfile.mkdtemp(prefix="train-loop-app-"))  # never the run folder
-    try:
-        run = RunFolder(args.run_dir)
-        page, theme = build_page(run, args.compare, args.generation_max_length)
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(f"serving {args.run_dir} at http://{args.host}:{args.port} (Ctrl-C stops)", flush=True)
-    page.launch(server_name=args.host, server_port=args.port, theme=theme, show_error=True, quiet=True)
-    return 0
+    compare: str | None = flag(None, "A second model for 'Try it' (e.g. the base model: a folder or Hub id).")
+    port: int = flag(7860, "Port to serve on.", check=at_least(1))
+    host: str = flag("127.0.0.1", "127.0.0.1: this machine only; 0.0.0.0: the network.")
+
+
+def main(argv: list[str] | None = None) -> int:
+    def body():
+        parsed = parse_sections({"app": AppConfig, "decoding": DecodingConfig}, argv, prog="train_loop.app",
+                                description=__doc__.split("\n\n")[0],
+                                positional=("run_dir", "a run's output_dir"))
+        if len(parsed["run_dir"]) != 1:
+            raise UserError("name one run folder: python -m train_loop.app RUN_DIR")
+        options, run_dir = parsed["app"], parsed["run_dir"][0]
+        if importlib.util.find_spec("gradio") is None:
+            raise UserError("the app needs Gradio: pip install '.[app]' (or pip install gradio)")
+        os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+        os.environ.setdefault("GRADIO_TEMP_DIR", tempfile.mkdtemp(prefix="train-loop-app-"))  # never the run folder
+        run = RunFolder(run_dir)
+        page, theme = build_page(run, options.compare, parsed["decoding"].generation_max_length)
+        print(f"serving {run_dir} at http://{options.host}:{options.port} (Ctrl-C stops)", flush=True)
+        page.launch(server_name=options.host, server_port=options.port, theme=theme, show_error=True, quiet=True)
+
+    return run_tool(body)
 
 
 if __name__ == "__main__":

@@ -19,8 +19,9 @@ import os
 import sys
 from dataclasses import dataclass
 
-from .config import flag, parse_sections
-from .errors import UserError, run_tool
+from .core.console import run_tool
+from .core.errors import UserError
+from .core.flags import flag, parse_sections
 
 WEIGHTS = "model.safetensors"
 
@@ -49,7 +50,7 @@ def average_checkpoints(folders: list[str], output_dir: str | None, save_dtype: 
     import torch
     from safetensors import safe_open
 
-    from .logger import progress_bar
+    from .core.console import progress_bar
 
     if not output_dir:
         raise UserError("--output_dir is required: the folder the averaged model goes to")
@@ -96,7 +97,7 @@ def _save(template: str, weights: dict, output_dir: str, dtype: str) -> None:
     """The averaged weights with the first input's config, generation config and processor."""
     from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
-    from .checkpoint import save_model_folder, save_processor
+    from .core.model import save_model_folder, save_processor
 
     model = WhisperForConditionalGeneration.from_pretrained(template)
     missing, unexpected = model.load_state_dict(weights, strict=False)

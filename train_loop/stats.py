@@ -19,9 +19,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .config import DataConfig, FilterConfig, SourceConfig, flag, parse_sections
-from .errors import UserError, run_tool
-from .features import SKIP_OVER_WINDOW
+from .core.console import run_tool
+from .core.flags import flag, parse_sections
+from .data.config import DataConfig, FilterConfig, SourceConfig
+from .data.features import SKIP_OVER_WINDOW
+from .evaluation.config import SavedModelConfig
+
+# The parts that load torch, transformers or datasets are imported inside the functions that use
+# them, so `--help` answers at once.
 
 PERCENTILES = (5, 50, 95, 99)
 
@@ -33,31 +38,31 @@ class StatsConfig:
     _argument_group_name = "Which splits and which tokenizer (stats)"
 
     splits: str = flag("train,validation,test", "Comma-separated splits ('+' concatenates within one).")
-    model_name_or_path: str | None = flag(
-        None, "Whisper whose processor tokenizes the labels (a local folder or a Hub id): adds label "
-        "lengths and prepares the features training will reuse. Default: none; counts, hours and "
-        "durations need no model.")
-    language: str = flag("be", "Language of the label prefix tokens.")
-    task: str = flag("transcribe", "Task of the label prefix tokens.", ("transcribe", "translate"))
 
 
-SECTIONS = {"stats": StatsConfig, "source": SourceConfig, "filters": FilterConfig}
+# --model (or --model_name_or_path): the Whisper whose processor tokenizes the labels; it adds label
+# lengths and prepares the features training reuses (none: counts, hours and durations need no
+# model). --language and --task give the label prefix (default: the model's language, else be).
+SECTIONS = {"stats": StatsConfig, "saved": SavedModelConfig, "source": SourceConfig, "filters": FilterConfig}
 
 
 def main(argv: list[str] | None = None) -> int:
     def body():
         sections = parse_sections(SECTIONS, argv, prog="train_loop.stats", description=__doc__.split("\n\n")[0])
-        print(dataset_statistics(sections["stats"], sections["source"], sections["filters"]))
+        print(dataset_statistics(sections["stats"], sections["source"], sections["filters"], sections["saved"]))
 
     return run_tool(body)
 
 
-def dataset_statistics(options: StatsConfig, source: SourceConfig, filters: FilterConfig) -> str:
-    from .sources import load_rows
+def dataset_statistics(options: StatsConfig, source: SourceConfig, filters: FilterConfig,
+                       saved: SavedModelConfig | None = None) -> str:
+    from .data.sources import load_rows
 
     source.kind()
     source.streaming = False  # statistics need every clip
-    measure = _Prepared(options, source, filters) if options.model_name_or_path else _DecodedOnly(source, filters)
+    saved = saved or SavedModelConfig()
+    measure = (_Prepared(source, filters, saved) if saved.model
+               else _DecodedOnly(source, filters))
     blocks = [measure.header()]
     for split in [s.strip() for s in options.splits.split(",") if s.strip()]:
         rows = load_rows(source, split)
@@ -68,13 +73,15 @@ def dataset_statistics(options: StatsConfig, source: SourceConfig, filters: Filt
 class _Prepared:
     """Clips prepared as training prepares them (log-mel + tokenized labels), cached."""
 
-    def __init__(self, options: StatsConfig, source: SourceConfig, filters: FilterConfig):
-        from .data import train_filters
-        from .prepared import cache_key, featurizer_for
-        from .model import load_processor
+    def __init__(self, source: SourceConfig, filters: FilterConfig, saved: SavedModelConfig):
+        from .core.model import load_processor, model_language
+        from .data.build import train_filters
+        from .data.features import featurizer_for
+        from .data.prepared import cache_key
 
         self.source = source
-        processor = load_processor(options.model_name_or_path, options.language, options.task)
+        token_language = model_language(saved.model, saved.language) or "be"
+        processor = load_processor(saved.model, token_language, saved.task)
         data = DataConfig()
         self.featurizer = featurizer_for(processor, data, "belarusian")
         self.key = cache_key(processor, data, "belarusian")
@@ -85,8 +92,8 @@ class _Prepared:
                 f"{self.filters.max_label_tokens} label tokens")
 
     def __call__(self, rows):
-        from .prepared import cache_root, prepare_split
-        from .features import Filters
+        from .data.features import Filters
+        from .data.prepared import cache_root, prepare_split
 
         # Keep every decodable clip, so the statistics describe the whole split; the drop
         # counts apply the training filters to the same table.
@@ -102,7 +109,7 @@ class _DecodedOnly:
     """Every clip decoded for its length; no model, no tokenizer, no features."""
 
     def __init__(self, source: SourceConfig, filters: FilterConfig):
-        from .features import Filters
+        from .data.features import Filters
 
         self.source = source
         # Whisper's window is 30 s for every released model; label lengths are unknown here.
@@ -114,7 +121,7 @@ class _DecodedOnly:
                 "tokens need --model_name_or_path)")
 
     def __call__(self, rows):
-        from .features import SkipReport
+        from .data.features import SkipReport
 
         num_proc = max(1, min(self.source.preprocessing_num_workers, len(rows.rows)))
         measured = rows.rows.map(_measure_batch, batched=True, batch_size=16, num_proc=num_proc if num_proc > 1 else None,
@@ -132,8 +139,8 @@ class _DecodedOnly:
 
 def _measure_batch(batch: dict[str, list]) -> dict[str, list]:
     """map() function: duration of each clip, or why it cannot be used."""
-    from .audio import SAMPLING_RATE, AudioDecodeError, decode_audio
-    from .features import SKIP_EMPTY_TEXT, SKIP_UNREADABLE
+    from .data.audio import SAMPLING_RATE, AudioDecodeError, decode_audio
+    from .data.features import SKIP_EMPTY_TEXT, SKIP_UNREADABLE
 
     out: dict[str, list] = {"duration": [], "skip_reason": [], "detail": []}
     for audio, text in zip(batch["audio"], batch["text"]):

@@ -30,8 +30,11 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from .config import flag, parse_sections
-from .errors import UserError, run_tool
+from .core.console import run_tool
+from .core.errors import UserError
+from .core.flags import at_least, flag, parse_sections
+from .evaluation.config import DecodingConfig, SavedModelConfig
+from .evaluation.transcriber import Transcript
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
 FORMATS = ("txt", "srt", "vtt", "jsonl")
@@ -39,31 +42,26 @@ FORMATS = ("txt", "srt", "vtt", "jsonl")
 
 @dataclass
 class TranscribeConfig:
-    """What to transcribe and how."""
+    """What to transcribe and where the transcripts go."""
 
-    _argument_group_name = "What to transcribe and how (transcribe)"
+    _argument_group_name = "What to transcribe and where (transcribe)"
 
-    model: str | None = flag(None, "Model folder (a run's output_dir, a checkpoint-N) or Hub id.")
-    language: str | None = flag(
-        None, "Language to transcribe (code or name). Default: the one the model was fine-tuned "
-        "for (its generation config), else detected.")
-    task: str = flag("transcribe", "Whisper task.", ("transcribe", "translate"))
-    batch_size: int = flag(8, "Files (up to 30 s) per generation batch; longer files go in batches of their own kind.")
+    batch_size: int = flag(8, "Files (up to 30 s) per generation batch; longer files go in batches of their own kind.",
+                           check=at_least(1))
     output_dir: str | None = flag(None, "Write one file per input here (jsonl: transcripts.jsonl) instead of stdout.")
     format: str = flag("txt", "Output format.", FORMATS)
-    num_beams: int = flag(1, "Beam width (1 = greedy).")
-    generation_max_length: int = flag(
-        440, "Most tokens generated per 30 s window after the prompt (a window rarely holds over 200; "
-        "the cap ends a repetition loop).")
     device: str = flag("auto", "cpu, cuda, or auto (cuda when available).", ("auto", "cpu", "cuda"))
+
+
+SECTIONS = {"transcribe": TranscribeConfig, "saved": SavedModelConfig, "decoding": DecodingConfig}
 
 
 def main(argv: list[str] | None = None) -> int:
     def body():
-        parsed = parse_sections({"transcribe": TranscribeConfig}, argv, prog="train_loop.transcribe",
-                                description=__doc__.split("\n\n")[0],
+        parsed = parse_sections(SECTIONS, argv, prog="train_loop.transcribe", description=__doc__.split("\n\n")[0],
                                 positional=("paths", "audio files or folders (searched recursively)"))
-        return 1 if transcribe_paths(parsed["transcribe"], parsed["paths"]) else 0
+        failed = transcribe_paths(parsed["transcribe"], parsed["saved"], parsed["decoding"], parsed["paths"])
+        return 1 if failed else 0
 
     return run_tool(body)
 
@@ -88,101 +86,19 @@ def audio_files(paths: list[str]) -> list[str]:
     return list(dict.fromkeys(found))  # a file named twice is transcribed once
 
 
-@dataclass
-class Transcript:
-    path: str
-    text: str
-    segments: list[dict[str, Any]]  # {"start", "end", "text"} in seconds
-    duration: float
-
-
-class Transcriber:
-    """A Whisper model and its processor, transcribing waveforms in batches (short-form up to the
-    window, sequential long-form beyond it)."""
-
-    def __init__(self, model_path: str, language: str | None, task: str, num_beams: int = 1,
-                 device: str = "auto", max_new_tokens: int = 440):
-        import torch
-        from transformers import WhisperForConditionalGeneration, WhisperProcessor
-
-        try:
-            self.processor = WhisperProcessor.from_pretrained(model_path)
-            self.device = torch.device("cuda" if device == "cuda" or (device == "auto" and torch.cuda.is_available())
-                                       else "cpu")
-            dtype = torch.float16 if self.device.type == "cuda" else torch.float32
-            self.model = WhisperForConditionalGeneration.from_pretrained(model_path, dtype=dtype).to(self.device).eval()
-        except Exception as err:  # a missing folder, a Hub id offline, a folder without weights
-            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise UserError(f"--model {model_path}: cannot load a Whisper model and processor there "
-                            f"({reason})") from None
-        self.dtype = dtype
-        from .model import decoding_language
-
-        self.language = decoding_language(self.model.generation_config, language)
-        self.task = task
-        self.num_beams = num_beams
-        self.max_new_tokens = max_new_tokens
-        extractor = self.processor.feature_extractor
-        self.sampling_rate = extractor.sampling_rate
-        self.window_seconds = extractor.n_samples / extractor.sampling_rate
-
-    def __call__(self, waveforms: list, timestamps: bool = True) -> list[tuple[str, list[dict[str, Any]]]]:
-        """(text, segments) per waveform; all of one batch are short (<= window) or all long.
-        Long audio always decodes with timestamps (they say where the next window starts);
-        short audio without them is decoded exactly as training evaluated it."""
-        import torch
-
-        long_form = any(len(w) > self.processor.feature_extractor.n_samples for w in waveforms)
-        timestamps = timestamps or long_form
-        inputs = self.processor.feature_extractor(
-            waveforms, sampling_rate=self.sampling_rate, return_tensors="pt", return_attention_mask=True,
-            **({"truncation": False, "padding": "longest"} if long_form else {}))
-        kwargs: dict[str, Any] = {"task": self.task, "num_beams": self.num_beams, "return_timestamps": timestamps,
-                                  "max_new_tokens": self.max_new_tokens}
-        if timestamps:
-            kwargs.update(return_segments=True, condition_on_prev_tokens=False)
-        if self.language:
-            kwargs["language"] = self.language
-        if long_form:
-            kwargs["attention_mask"] = inputs["attention_mask"].to(self.device)
-        with torch.no_grad():
-            out = self.model.generate(inputs["input_features"].to(self.device, self.dtype), **kwargs)
-        return [self._decode(out, index, len(waveform) / self.sampling_rate)
-                for index, waveform in enumerate(waveforms)]
-
-    def _decode(self, out, index: int, duration: float) -> tuple[str, list[dict[str, Any]]]:
-        tokenizer = self.processor.tokenizer
-        segments = []
-        for segment in (out["segments"][index] if isinstance(out, dict) and "segments" in out else []):
-            text = tokenizer.decode(segment["tokens"], skip_special_tokens=True).strip()
-            start = float(segment["start"])
-            if text and start < duration:
-                # A timestamp may point past the end of a last, partial window: clamp to the file.
-                segments.append({"start": round(start, 3), "end": round(min(float(segment["end"]), duration), 3),
-                                 "text": text})
-        sequences = out["sequences"] if isinstance(out, dict) else out
-        text = tokenizer.decode(sequences[index], skip_special_tokens=True).strip()
-        if segments:
-            text = " ".join(segment["text"] for segment in segments)
-        elif text:
-            segments = [{"start": 0.0, "end": round(duration, 3), "text": text}]
-        return text, segments
-
-
-def transcribe_paths(options: TranscribeConfig, paths: list[str]) -> list[tuple[str, str]]:
+def transcribe_paths(options: TranscribeConfig, saved: SavedModelConfig, decoding: DecodingConfig,
+                     paths: list[str]) -> list[tuple[str, str]]:
     """Transcribe every file; returns the (path, reason) of files that could not be read."""
-    from .audio import AudioDecodeError, decode_audio
-    from .logger import progress_bar
+    # Imported here, not at the top: `--help` answers before torch loads.
+    from .core.console import progress_bar
+    from .data.audio import AudioDecodeError, decode_audio
+    from .evaluation.transcriber import Transcriber
 
-    if not options.model:
+    if not saved.model:
         raise UserError("--model is required: a run's output_dir, a checkpoint-N folder or a Hub id")
-    if options.batch_size < 1:
-        raise UserError(f"--batch_size must be at least 1, got {options.batch_size}")
     files = audio_files(paths)
-    if not 1 <= options.generation_max_length <= 440:
-        raise UserError(f"--generation_max_length must be between 1 and 440, got {options.generation_max_length}")
-    transcriber = Transcriber(options.model, options.language, options.task, options.num_beams, options.device,
-                              options.generation_max_length)
+    transcriber = Transcriber(saved.model, saved.language, saved.task, decoding.num_beams, options.device,
+                              decoding.generation_max_length)
     writer = Writer(options.output_dir, options.format, files)
     failed: list[tuple[str, str]] = []
     bar = progress_bar(len(files), "transcribe", enabled=True, unit="file")

@@ -26,6 +26,7 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -33,7 +34,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..errors import UserError
+from ..core.errors import UserError
 
 
 @dataclass
@@ -108,8 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     if precision != "no" and not gpu:
         raise SystemExit("--mixed_precision bf16/fp16 needs a GPU here")
 
-    from .synthetic import build_tone_dataset
-    from ..model import build_tiny_whisper
+    from ..synthetic.models import build_tiny_whisper
+    from ..synthetic.speech import build_tone_dataset
 
     data = build_tone_dataset(os.path.join(work, f"data-{setup.max_clip_seconds}"),
                               {"train": setup.train_rows, "validation": setup.eval_rows},
@@ -181,7 +182,7 @@ def label_padding_per_step(bench: Bench) -> dict[str, float]:
     --group_by_length (what the collator pads: each batch to its longest transcript)."""
     import numpy as np
 
-    from ..samplers import LengthGroupedBatchSampler, ShardedBatchSampler
+    from ..data.samplers import LengthGroupedBatchSampler, ShardedBatchSampler
 
     lengths = _prepared_train(bench).label_lengths()
     batch = bench.setup.batch_size
@@ -199,9 +200,9 @@ def _prepared_train(bench: Bench):
     """The benchmark's training split as the run prepared it (read from the run's cache)."""
     from accelerate import Accelerator
 
-    from ..config import parse_train_config
-    from ..data import build_train_batches
-    from ..model import load_processor
+    from ..core.model import load_processor
+    from ..data.build import build_train_batches
+    from ..training.config import parse_train_config
 
     config = parse_train_config(_our_flags(bench.model, bench.data, os.path.join(bench.work, "bare"), bench.setup,
                                            bench.precision))
@@ -226,9 +227,9 @@ def _ready(bench: Bench, **extra):
     """Model (prepared), optimizer and config as this project's run builds them."""
     from accelerate import Accelerator
 
-    from ..config import parse_train_config
-    from ..model import load_model, load_processor
-    from ..optim import build_optimizer
+    from ..core.model import load_model, load_processor
+    from ..training.config import parse_train_config
+    from ..training.optim import build_optimizer
 
     config = parse_train_config(_our_flags(bench.model, bench.data, os.path.join(bench.work, "bare"), bench.setup,
                                            bench.precision, gradient_checkpointing=str(bench.gradient_checkpointing).lower(),
@@ -243,14 +244,14 @@ def _ready(bench: Bench, **extra):
 
 
 def bare_step_rate(bench: Bench) -> float:
-    from ..data import build_train_batches
-    from ..loop import token_loss_sum
+    from ..data.build import build_train_batches
+    from ..training.loop import token_loss_sum
 
     setup = bench.setup
     config, accelerator, processor, model, optimizer = _ready(bench)
     train = build_train_batches(config.source, config.data, config.filters, processor, accelerator,
                                 batch_size=setup.batch_size, seed=config.training.seed,
-                                eval_normalizer=config.eval.eval_normalizer)
+                                eval_normalizer=config.scoring.eval_normalizer)
     device = accelerator.device
     batches = [{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in next(train).items()}
                for _ in range(setup.steps)]
@@ -276,8 +277,8 @@ def bare_step_rate(bench: Bench) -> float:
 
 
 def bare_generate_rate(bench: Bench) -> float:
-    from ..data import build_eval_set
-    from ..evaluation import GenerationSettings
+    from ..data.build import build_eval_set
+    from ..evaluation.generation import GenerationSettings
 
     setup = bench.setup
     config, accelerator, processor, model, _ = _ready(bench)
@@ -321,8 +322,8 @@ EVAL_VARIANTS = {
 def compare_evaluation(bench: Bench, results: dict, rows: Rows) -> None:
     """3. Evaluation, side by side, on the model our training run produced: this project's
     defaults, each speed switch, this project at the Trainer's batch size, and the Trainer."""
-    from ..metrics import error_rates
-    from ..text import BelarusianTextNormalizer
+    from ..core.text import BelarusianTextNormalizer
+    from ..evaluation.metrics import error_rates
     from .trainer_baseline import eval_throughput
 
     setup, precision, work, data = bench.setup, bench.precision, bench.work, bench.data
@@ -426,7 +427,6 @@ def _our_flags(model: str, data: str, out: str, setup: Setup, precision: str, **
 
 def our_train_throughput(model: str, data: str, out: str, setup: Setup, precision: str,
                          gradient_checkpointing: bool, **extra) -> float:
-    from ..main import main as train_main
 
     args = _our_flags(model, data, out, setup, precision,
                       gradient_checkpointing=str(gradient_checkpointing).lower(), **extra)
@@ -434,7 +434,7 @@ def our_train_throughput(model: str, data: str, out: str, setup: Setup, precisio
         import shutil
 
         shutil.rmtree(out)
-    if train_main(args) != 0:
+    if subprocess.call([sys.executable, "-m", "train_loop.main", *args]) != 0:  # as a user runs it
         raise UserError("the training run failed; see its output above")
     with open(os.path.join(out, "metrics.jsonl"), encoding="utf-8") as handle:
         records = [json.loads(line) for line in handle]
@@ -447,11 +447,11 @@ def our_eval_throughput(model: str, data: str, work: str, setup: Setup, batch_si
     """(clips/s, predictions) of this project's evaluation of the validation split."""
     from accelerate import Accelerator
 
-    from ..config import parse_train_config
-    from ..data import build_eval_set
-    from ..evaluation import GenerationSettings, evaluate
-    from ..model import load_model, load_processor
-    from ..text import BelarusianTextNormalizer
+    from ..core.model import load_model, load_processor
+    from ..core.text import BelarusianTextNormalizer
+    from ..data.build import build_eval_set
+    from ..evaluation.generation import GenerationSettings, evaluate
+    from ..training.config import parse_train_config
 
     config = parse_train_config(_our_flags(model, data, os.path.join(work, "ours-eval"), setup, precision,
                                            per_device_eval_batch_size=batch_size,
@@ -476,9 +476,9 @@ def data_pipeline_rates(model: str, data: str, work: str, setup: Setup) -> dict[
     """Clips/s delivered by each way of feeding the model, without the model."""
     from accelerate import Accelerator
 
-    from ..config import parse_train_config
-    from ..data import build_train_batches
-    from ..model import load_processor
+    from ..core.model import load_processor
+    from ..data.build import build_train_batches
+    from ..training.config import parse_train_config
 
     accelerator = Accelerator(cpu=True)
     rates: dict[str, float] = {}
@@ -491,7 +491,7 @@ def data_pipeline_rates(model: str, data: str, work: str, setup: Setup) -> dict[
             processor = load_processor(model, "be", "transcribe")
             train = build_train_batches(config.source, config.data, config.filters, processor, accelerator,
                                         batch_size=setup.batch_size, seed=config.training.seed,
-                                        eval_normalizer=config.eval.eval_normalizer)
+                                        eval_normalizer=config.scoring.eval_normalizer)
             next(train)  # worker start-up is not throughput
             started = time.perf_counter()
             clips = sum(len(next(train)["ids"]) for _ in range(batches))

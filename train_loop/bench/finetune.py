@@ -27,8 +27,9 @@ import tempfile
 import time
 from dataclasses import dataclass
 
-from ..config import flag, parse_sections
-from ..errors import UserError, run_tool
+from ..core.console import run_tool
+from ..core.errors import UserError
+from ..core.flags import flag, parse_sections
 
 DEFAULT_BUILDER = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "fixtures",
                                "make_be_speech.py")
@@ -119,7 +120,6 @@ def build_speech(args, work: str) -> str:
 
 
 def fine_tune(args, data: str, run_dir: str) -> tuple[dict, list[dict]]:
-    from ..main import main as train_main
 
     flags = {
         "model_name_or_path": args.model, "data_dir": data, "output_dir": run_dir,
@@ -134,7 +134,7 @@ def fine_tune(args, data: str, run_dir: str) -> tuple[dict, list[dict]]:
     }
     shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run every time
     argv = [item for key, value in flags.items() for item in (f"--{key}", str(value))]
-    if train_main(argv) != 0:
+    if subprocess.call([sys.executable, "-m", "train_loop.main", *argv]) != 0:  # as a user runs it
         raise UserError("the fine-tuning run failed; see its output above")
     with open(os.path.join(run_dir, "results.json"), encoding="utf-8") as handle:
         results = json.load(handle)

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..model import REAL_SHAPES
+from ..synthetic.models import REAL_SHAPES
 
 LABEL_TOKENS = 32  # a typical Common Voice transcript in Whisper tokens
 
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
 def train_grid(plan: Plan, rows: Rows) -> list[dict]:
     from transformers import WhisperForConditionalGeneration
 
-    from ..model import random_whisper_config
+    from ..synthetic.models import random_whisper_config
     from .flops import peak_flops, train_flops_per_sample
 
     device = torch.device(plan.device)
@@ -164,15 +164,15 @@ def train_grid(plan: Plan, rows: Rows) -> list[dict]:
 
 
 def _optimizer(model):
-    from ..config import TrainingConfig
-    from ..optim import build_optimizer
+    from ..training.config import TrainingConfig
+    from ..training.optim import build_optimizer
 
     return build_optimizer(model, TrainingConfig(output_dir="unused", learning_rate=1e-5))
 
 
 def _bare_rate(model, optimizer, config, batch_size: int, plan: Plan) -> tuple[float, float | None]:
     """Samples/s of forward + backward + clip + optimizer step, and the peak memory (GiB)."""
-    from ..loop import token_loss_sum
+    from ..training.loop import token_loss_sum
 
     device = torch.device(plan.device)
     generator = torch.Generator(device="cpu").manual_seed(batch_size)
@@ -224,7 +224,7 @@ def _free() -> None:
 
 
 def _model_folder(plan: Plan, work: str, name: str) -> str:
-    from ..model import build_random_whisper
+    from ..synthetic.models import build_random_whisper
 
     folder = os.path.join(work, f"{name}-random")
     if not os.path.isfile(os.path.join(folder, "config.json")):
@@ -233,7 +233,7 @@ def _model_folder(plan: Plan, work: str, name: str) -> str:
 
 
 def _data(plan: Plan, work: str) -> str:
-    from .synthetic import build_tone_dataset
+    from ..synthetic.speech import build_tone_dataset
 
     return build_tone_dataset(os.path.join(work, "data"), {"train": plan.train_clips, "validation": plan.eval_clips},
                               max_seconds=min(5.0, plan.chunk_length))

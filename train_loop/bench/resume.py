@@ -23,8 +23,8 @@ import sys
 import tempfile
 import time
 
-from ..model import build_tiny_whisper
-from .synthetic import build_tone_dataset
+from ..synthetic.models import build_tiny_whisper
+from ..synthetic.speech import build_tone_dataset
 
 
 def train_command(model: str, data: str, out: str, cache: str, **flags) -> list[str]:

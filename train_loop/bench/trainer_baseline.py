@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..audio import decode_audio
-from ..config import SourceConfig
-from ..sources import load_rows
+from ..data.audio import decode_audio
+from ..data.config import SourceConfig
+from ..data.sources import load_rows
 
 
 def event_stream(data_dir: str, split: str, processor, max_rows: int | None = None):

@@ -1,0 +1,81 @@
+"""A missing optional extra is one line naming the `pip install '.[extra]'` to run, never a traceback."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.fixture
+def without(monkeypatch):
+    """Make packages look uninstalled: `import x` fails and find_spec finds nothing."""
+    real_find_spec = importlib.util.find_spec
+
+    def hide(*names):
+        for name in names:
+            monkeypatch.setitem(sys.modules, name, None)  # `import name` raises ImportError
+        monkeypatch.setattr(importlib.util, "find_spec",
+                            lambda name, *a: None if name.split(".")[0] in names else real_find_spec(name, *a))
+
+    return hide
+
+
+def test_the_app_without_gradio(without, tmp_path, capsys):
+    from train_loop import app
+
+    without("gradio")
+    (tmp_path / "metrics.jsonl").write_text("")
+    assert app.main([str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == "error: the app needs Gradio: pip install '.[app]' (or pip install gradio)"
+
+
+def test_lora_without_peft(without):
+    from train_loop.core.errors import UserError
+    from train_loop.training.config import LoraConfig
+    from train_loop.training.lora import apply_lora
+
+    without("peft")
+    with pytest.raises(UserError, match=r"--use_lora needs PEFT: pip install '\.\[lora\]'"):
+        apply_lora(object(), LoraConfig(use_lora=True))
+
+
+def test_export_without_ctranslate2_or_pywhispercpp(without):
+    from train_loop.core.errors import UserError
+    from train_loop.runtimes import ctranslate2, ggml
+
+    without("ctranslate2", "faster_whisper", "pywhispercpp")
+    with pytest.raises(UserError, match=r"pip install '\.\[export\]'"):
+        ctranslate2.export(None, None, "out", "float16")
+    with pytest.raises(UserError, match=r"pip install '\.\[export\]'"):
+        ctranslate2.transcriber("out", "be", "transcribe", 10)
+    with pytest.raises(UserError, match=r"pip install '\.\[export\]'"):
+        ggml.transcriber("out/ggml-model.bin", "be", "transcribe", 10)
+
+
+def test_eight_bit_adam_without_bitsandbytes(without, monkeypatch):
+    import torch
+
+    from train_loop.core.errors import UserError
+    from train_loop.training.optim import OPTIMIZERS
+
+    without("bitsandbytes")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # the check after the GPU one
+    with pytest.raises(UserError, match=r"--optim adamw_8bit needs bitsandbytes: pip install '\.\[8bit\]'"):
+        OPTIMIZERS["adamw_8bit"]([], {"lr": 1e-3})
+
+
+def test_a_deepspeed_launch_without_deepspeed(without, monkeypatch, tmp_path):
+    from train_loop.core.errors import UserError
+    from train_loop.training.config import parse_train_config
+    from train_loop.training.setup import build_accelerator
+
+    without("deepspeed")
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    config = parse_train_config(["--data_dir", str(tmp_path), "--output_dir", str(tmp_path / "run")])
+    with pytest.raises(UserError, match=r"pip install '\.\[deepspeed\]'"):
+        build_accelerator(config)

@@ -1,0 +1,156 @@
+"""Training and evaluation data, built from the config sections: prepared (cached features,
+``prepared.py``) or streamed (decoded in DataLoader workers, ``streaming.py``), batched by
+``samplers.py``, loaded by ``loaders.py``. ``open_split`` is where the two paths part.
+
+Prepared: batches are drawn by ``ShardedBatchSampler`` (an order that depends only on (seed,
+epoch)); resuming starts at a batch index, and the skipped clips are never read. Streaming:
+rows are read as they come, shuffled through a buffer that is reshuffled every epoch, decoded
+and featurized in workers. Both report every row they do not use, with the reason.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import datasets
+from torch.utils.data import DataLoader
+
+from ..core.errors import UserError
+from ..core.processes import once_per_node
+from .collator import SpeechCollator
+from .config import DataConfig, FilterConfig, SourceConfig
+from .features import Featurizer, Filters, SkipReport, featurizer_for
+from .loaders import TrainBatches, loader_workers, make_loader
+from .prepared import PreparedSplit, cache_key, cache_root, prepare_split
+from .samplers import LengthGroupedBatchSampler, ShardedBatchSampler, eval_batches
+from .sources import RowSource, content_hash, load_rows
+from .streaming import RowShards, StreamingBatches
+
+
+@dataclass
+class EvalSet:
+    split: str
+    loader: DataLoader
+    streaming: bool
+    report: SkipReport | None  # None for a stream that has not been read yet
+    num_clips: int | None  # usable clips in the whole set, when known
+    clips_for_process: int | None  # for this process's progress bar
+    left_out: dict[str, list[str]] = field(default_factory=dict)  # manifest rows (RowSource.dropped)
+
+
+def collator_for(processor) -> SpeechCollator:
+    tokenizer = processor.tokenizer
+    return SpeechCollator(
+        decoder_start_token_id=tokenizer.convert_tokens_to_ids("<|startoftranscript|>"),
+        pad_token_id=tokenizer.pad_token_id,
+        total_frames=processor.feature_extractor.nb_max_frames)
+
+
+def _window_seconds(processor) -> float:
+    return processor.feature_extractor.n_samples / processor.feature_extractor.sampling_rate
+
+
+def train_filters(filters: FilterConfig, processor) -> Filters:
+    return Filters(min_seconds=filters.min_duration_in_seconds,
+                   max_seconds=min(filters.max_duration_in_seconds, _window_seconds(processor)),
+                   max_label_tokens=filters.max_label_length)
+
+
+def eval_filters(processor) -> Filters:
+    # Evaluation keeps every clip the model can hear; only audio longer than its window goes.
+    return Filters(min_seconds=0.0, max_seconds=_window_seconds(processor), max_label_tokens=10**9)
+
+
+@dataclass
+class Split:
+    """One split, ready to batch: prepared (features cached on disk, filters applied) or a stream
+    (decoded as it is read). The one place where the two paths part."""
+
+    rows: RowSource
+    featurizer: Featurizer
+    collator: SpeechCollator
+    filters: Filters
+    prepared: PreparedSplit | None  # None when streaming
+    pin_memory: bool
+
+    def stream(self, accelerator, batch_size: int, *, max_rows: int | None, shuffle_buffer_size: int,
+               seed: int, drop_last: bool) -> StreamingBatches:
+        return StreamingBatches(RowShards(self.rows.rows, limit=max_rows), self.featurizer, self.filters,
+                                self.collator, batch_size, shuffle_buffer_size=shuffle_buffer_size, seed=seed,
+                                drop_last=drop_last, process_index=accelerator.process_index,
+                                num_processes=accelerator.num_processes)
+
+
+def open_split(source: SourceConfig, data: DataConfig, processor, accelerator, split: str, filters: Filters, *,
+               streaming: bool, max_rows: int | None, eval_normalizer: str) -> Split:
+    """Read ``split``'s rows; unless streaming, prepare its features (once per node, cached)."""
+    featurizer = featurizer_for(processor, data, eval_normalizer)
+    rows = load_rows(source, split, streaming=streaming)
+    prepared = None
+    if not streaming:
+        prepared = once_per_node(accelerator, lambda: prepare_split(
+            rows, featurizer, filters, cache_root(source), source.preprocessing_num_workers,
+            cache_key(processor, data, eval_normalizer), max_rows=max_rows))
+        prepared.report.add_left_out(rows.dropped)
+    return Split(rows, featurizer, collator_for(processor), filters, prepared,
+                 pin_memory=accelerator.device.type == "cuda")
+
+
+def build_train_batches(source: SourceConfig, data: DataConfig, filters: FilterConfig, processor, accelerator,
+                        *, batch_size: int, seed: int, eval_normalizer: str) -> TrainBatches:
+    """``eval_normalizer`` shapes the labels only with --do_remove_punctuation."""
+    split = open_split(source, data, processor, accelerator, data.train_split_name, train_filters(filters, processor),
+                       streaming=source.streaming, max_rows=data.max_train_samples, eval_normalizer=eval_normalizer)
+    workers = loader_workers(data, source.streaming, accelerator)
+    rows = split.rows
+    if split.prepared is None:
+        stream = split.stream(accelerator, batch_size, max_rows=data.max_train_samples,
+                              shuffle_buffer_size=data.shuffle_buffer_size, seed=seed, drop_last=True)
+        loader = make_loader(stream, None, workers, split.pin_memory)
+        if isinstance(rows.rows, datasets.Dataset):
+            rows_key = content_hash(data.max_train_samples, *rows.rows["id"])
+        else:
+            rows_key = content_hash(rows.name, data.max_train_samples)
+        report = SkipReport(split=data.train_split_name)
+        report.add_left_out(rows.dropped)
+        return TrainBatches(loader, None, stream, report, rows.num_rows, rows.fingerprint, rows_key)
+    prepared = split.prepared
+    if len(prepared) < batch_size * accelerator.num_processes:
+        raise UserError(
+            f"{rows.name}: only {len(prepared)} usable training clips, fewer than one global batch "
+            f"({batch_size} x {accelerator.num_processes} processes); lower "
+            f"--per_device_train_batch_size or add data ({prepared.report.summary()})")
+    if data.group_by_length:
+        sampler = LengthGroupedBatchSampler(prepared.label_lengths(), batch_size, accelerator.num_processes,
+                                            accelerator.process_index, seed=seed)
+    else:
+        sampler = ShardedBatchSampler(len(prepared), batch_size, accelerator.num_processes,
+                                      accelerator.process_index, seed=seed)
+    loader = make_loader(prepared, split.collator, workers, split.pin_memory, batch_sampler=sampler)
+    return TrainBatches(loader, sampler, None, prepared.report, len(prepared), rows.fingerprint,
+                        content_hash(*prepared.ids()))
+
+
+def build_eval_set(source: SourceConfig, data: DataConfig, processor, accelerator, split: str, *,
+                   batch_size: int, max_samples: int | None, eval_normalizer: str,
+                   streaming: bool | None = None) -> EvalSet:
+    """``data`` gives the loader workers and the label preparation (which the cache key holds)."""
+    streaming = source.streaming if streaming is None else streaming
+    opened = open_split(source, data, processor, accelerator, split, eval_filters(processor),
+                        streaming=streaming, max_rows=max_samples, eval_normalizer=eval_normalizer)
+    workers = loader_workers(data, streaming, accelerator)
+    rows = opened.rows
+    if opened.prepared is None:
+        known = min(max_samples, rows.num_rows) if (max_samples and rows.num_rows) else (max_samples or rows.num_rows)
+        stream = opened.stream(accelerator, batch_size, max_rows=max_samples, shuffle_buffer_size=0, seed=0,
+                               drop_last=False)
+        loader = make_loader(stream, None, workers, opened.pin_memory)
+        per_process = math.ceil(known / accelerator.num_processes) if known else None
+        return EvalSet(split, loader, True, None, known, per_process, left_out=rows.dropped)
+    prepared = opened.prepared
+    if len(prepared) == 0:
+        raise UserError(f"{rows.name}: no usable evaluation clips ({prepared.report.summary()})")
+    batches = eval_batches(prepared.durations(), batch_size, accelerator.num_processes, accelerator.process_index)
+    loader = make_loader(prepared, opened.collator, workers, opened.pin_memory, batch_sampler=batches)
+    return EvalSet(split, loader, False, prepared.report, len(prepared), sum(len(b) for b in batches))

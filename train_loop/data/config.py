@@ -1,0 +1,111 @@
+"""The data sections of the flags: where the speech comes from, which clips are used, and how
+they are prepared and loaded. Shared by training and the tools (evaluate, stats, export's check).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from ..core.errors import UserError
+from ..core.flags import Check, at_least, flag
+
+# The flags that name a data source (train_loop.sources.SOURCES has a loader for each).
+SOURCE_FLAGS = ("dataset_name", "data_dir")
+
+
+@dataclass
+class SourceConfig:
+    """Where the speech comes from."""
+    _argument_group_name = "Where the speech comes from (source)"
+
+    dataset_name: str | None = flag(
+        None, "Hugging Face Hub dataset with an audio and a transcript column (USER/NAME). Give "
+        "this or --data_dir. (Common Voice left the Hub: download a release and use --data_dir.)")
+    dataset_config_name: str | None = flag(None, "Hub dataset configuration, e.g. 'be'.")
+    dataset_revision: str | None = flag(None, "Hub dataset revision (branch, tag or commit).")
+    data_dir: str | None = flag(
+        None, "Local dataset folder: a Common Voice release's language folder as Mozilla ships "
+        "it (cv-corpus-<version>/be/: {split}.tsv and clips/; 'validation' reads dev.tsv) or an "
+        "audiofolder ({split}/metadata.csv with file_name and the text column).")
+    audio_column_name: str = flag("audio", "Column holding the audio (Hub datasets).")
+    text_column_name: str = flag("sentence", "Column holding the transcript.")
+    streaming: bool = flag(
+        False, "Decode audio on the fly in DataLoader workers instead of preparing log-mel "
+        "features once and caching them on disk.")
+    cache_dir: str | None = flag(
+        None, "Where prepared features and Hub downloads are cached "
+        "(default: $XDG_CACHE_HOME/whisper-train-loop or ~/.cache/whisper-train-loop).")
+    preprocessing_num_workers: int = flag(
+        1, "Processes that decode audio and compute features when preparing a dataset.", check=at_least(1))
+
+    def kind(self) -> str:
+        """The one data source given (a key of SOURCE_FLAGS); the only place this is checked."""
+        given = [name for name in SOURCE_FLAGS if getattr(self, name)]
+        if len(given) != 1:
+            raise UserError("give exactly one data source: "
+                            + " or ".join(f"--{name}" for name in SOURCE_FLAGS)
+                            + (f" (got {' and '.join('--' + name for name in given)})" if given else ""))
+        return given[0]
+
+
+@dataclass
+class FilterConfig:
+    """Which clips are used; every dropped clip is counted and reported."""
+    _argument_group_name = "Which clips are used; every dropped clip is counted and reported (filters)"
+
+    min_duration_in_seconds: float = flag(0.0, "Drop training clips shorter than this.", check=at_least(0))
+    max_duration_in_seconds: float = flag(
+        30.0, "Drop training clips longer than this (at most the model's 30 s window: "
+        "longer audio would be cut while its transcript stays whole).", check=Check(
+            lambda seconds: 0 < seconds <= 30, "must be above 0 and cannot exceed 30: Whisper sees a 30 s window, longer "
+            "audio would be cut while its transcript stays whole"))
+    max_label_length: int = flag(
+        448, "Drop clips whose tokenized transcript (with the language/task prefix) is longer "
+        "than this; Whisper's decoder holds 448 positions.", check=at_least(1))
+
+
+@dataclass
+class DataConfig:
+    """Splits, text preparation and data loading."""
+    _argument_group_name = "Splits, text preparation and data loading (data)"
+
+    train_split_name: str = flag("train", "Training split; join several with '+' to concatenate.")
+    eval_split_name: str = flag(
+        "validation", "Split(s) evaluated during training: a comma separates sets, each with its "
+        "own WER (eval_<set>_wer; eval_wer is the first set's), '+' concatenates splits into one "
+        "set. 'none' disables.")
+    test_split_name: str = flag(
+        "test", "Split evaluated once at the end with the final model. 'none' disables; a "
+        "missing default split is skipped with a note.")
+    max_train_samples: int | None = flag(None, "Use only the first N training clips (debugging).",
+                                         check=at_least(1))
+    max_eval_samples: int | None = flag(
+        None, "Evaluate on the first N clips of the eval split during training (a fast, fixed "
+        "subset); the final test evaluation always uses the whole test split.", check=at_least(1))
+    shuffle_buffer_size: int = flag(
+        500, "Streaming only: rows held in the shuffle buffer (reshuffled every epoch).", check=at_least(1))
+    prepare_only: bool = flag(
+        False, "Prepare the features of every split into --cache_dir and exit (e.g. once on shared "
+        "storage before a multi-node run, with many --preprocessing_num_workers).")
+    group_by_length: bool = flag(
+        False, "Prepared data: batch clips of similar transcript length together (groups of 50 "
+        "batches sorted by label length, batches shuffled), so the decoder pads less. The order "
+        "stays a pure function of --seed and the epoch, and resumes exactly.")
+    dataloader_num_workers: int | None = flag(
+        None, "DataLoader worker processes per training process (they decode when streaming and "
+        "read features otherwise). Default: 0 for prepared data without a GPU (reading cached "
+        "features is cheap; a worker would only take CPU cores from training), else "
+        "min(4, CPU cores per process).", check=at_least(0))
+    do_lower_case: bool = flag(False, "Lower-case training transcripts (default: keep raw text).")
+    do_remove_punctuation: bool = flag(
+        False, "Normalize training transcripts with the evaluation normalizer (lower case, no "
+        "punctuation). Default: train on the raw, cased, punctuated text.")
+    prepared_feature_dtype: str = flag(
+        "float16", "Storage type of prepared log-mel features (float16 halves the disk use; "
+        "its rounding is far below bf16/fp16 training noise).", ("float16", "float32"))
+
+
+def default_cache_dir() -> str:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "whisper-train-loop")

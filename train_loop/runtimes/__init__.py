@@ -1,0 +1,11 @@
+"""The runtimes people deploy Whisper with: each exports a model in its format and transcribes
+with it (for the parity check). Adding one is a module with ``QUANTIZATIONS``, ``export`` and
+``transcriber``, and its entry here: ``python -m train_loop.export --format`` offers it."""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+from . import ctranslate2, ggml
+
+RUNTIMES: dict[str, ModuleType] = {"ctranslate2": ctranslate2, "ggml": ggml}
