@@ -532,3 +532,48 @@ def test_overwriting_a_folder_with_tensorboard_and_workers_trains_and_exits(tiny
     assert time.monotonic() - started < 90
     assert list((out / "tensorboard").rglob("events.out.tfevents.*"))
     assert "Traceback" not in again.stderr
+
+
+# --------------------------------------------------------------------------------------------
+# A checkpoint is data, never code
+# --------------------------------------------------------------------------------------------
+
+
+class _Payload:
+    """What a malicious checkpoint file would hold: loading it with pickle creates a file."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.fixture(scope="module")
+def saved_run(tiny_model_dir, data, tmp_path_factory):
+    """A finished 2-step run with checkpoint-2 (and a weight average), copied by each test."""
+    out = tmp_path_factory.mktemp("payload-run") / "run"
+    args = train_args(tiny_model_dir, data, out, out.parent / "c", max_steps=2, save_steps=1, eval_steps=0,
+                      eval_split_name="none", test_split_name="none", ema_decay=0.9)
+    assert train_main.main(args) == 0
+    return out, args
+
+
+@pytest.mark.parametrize("planted", ["data_state_0.pt", "random_states_0.pkl", "optimizer.bin"])
+def test_a_checkpoint_file_that_would_run_code_is_refused_and_never_run(saved_run, tmp_path, planted):
+    import shutil
+
+    import torch
+
+    source, args = saved_run
+    out = tmp_path / "run"
+    shutil.copytree(source, out)
+    marker = tmp_path / "code-ran"
+    checkpoint = out / "checkpoint-2"
+    assert (checkpoint / planted).is_file()  # the file a resume reads
+    torch.save({"state": _Payload(marker)}, checkpoint / planted)
+    args = [str(out) if arg == str(source) else arg for arg in args]
+    result = run_cli([*args[:args.index("--max_steps")], "--max_steps", "3",
+                      *args[args.index("--max_steps") + 2:], "--resume_from", "latest"])
+    one_line_error(result, "refused to load a file that holds more than plain data and tensors")
+    assert not marker.exists()

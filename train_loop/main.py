@@ -71,7 +71,8 @@ def run(config: TrainConfig, argv: list[str]) -> int:
         trainable = setup.optimization(config, session, model, adapters)
         schedule = setup.lr_schedule(config, train_batches)
         # 5. State: fresh, or restored from a checkpoint (and checked against this run's flags).
-        state, schedule = setup.start_or_resume(config, session, train_batches, schedule, lora=adapters is not None)
+        state, schedule = setup.start_or_resume(config, session, train_batches, schedule, lora=adapters is not None,
+                                                ema=trainable.ema)
 
         # 6. Train.
         run = Run(config=config, accelerator=session.accelerator, model=trainable.model,

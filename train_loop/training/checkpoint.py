@@ -21,13 +21,18 @@ import dataclasses
 import json
 import math
 import os
+import pickle
 import re
 import shutil
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
 
 from ..core.errors import UserError
 from ..core.model import save_model_folder, save_processor
@@ -192,6 +197,7 @@ def resolve_resume(output_dir: str, resume_from: str) -> tuple[str, list[str]]:
 
 
 DATA_STATE = "data_state_{rank}.pt"
+EMA_FILE = "ema.safetensors"  # --ema_decay's average: tensors only, like every file read back
 RNG_STATE = "random_states_{rank}.pkl"  # written by accelerate's save_state
 
 
@@ -220,7 +226,7 @@ def save_final_model(model, processor, output_dir: str, weights: dict[str, Any],
 
 def save_checkpoint(accelerator, output_dir: str, state: TrainerState, model, processor,
                     run_config: dict[str, Any], manifest: dict[str, Any],
-                    data_state: dict[str, Any], frozen_fp32: dict[str, Any] | None = None) -> str:
+                    data_state: dict[str, Any], frozen_fp32: dict[str, Any] | None = None, ema=None) -> str:
     """Write ``checkpoint-<step>`` atomically; every process must call this.
 
     Before writing, the disk must have room for about one more checkpoint (the size of the
@@ -233,7 +239,7 @@ def save_checkpoint(accelerator, output_dir: str, state: TrainerState, model, pr
     on_main_process(accelerator, lambda: _start_partial(output_dir, partial, needed))
     try:
         _write_checkpoint(accelerator, output_dir, partial, final, state, model, processor, run_config,
-                          manifest, data_state, frozen_fp32)
+                          manifest, data_state, frozen_fp32, ema)
     except Exception as err:
         if not is_disk_full(err):
             raise
@@ -261,10 +267,7 @@ def _start_partial(output_dir: str, partial: str, needed: int) -> None:
 
 def _write_checkpoint(accelerator, output_dir: str, partial: str, final: str, state: TrainerState, model,
                       processor, run_config: dict[str, Any], manifest: dict[str, Any],
-                      data_state: dict[str, Any], frozen_fp32: dict[str, Any] | None) -> None:
-    import torch
-
-
+                      data_state: dict[str, Any], frozen_fp32: dict[str, Any] | None, ema) -> None:
     accelerator.save_state(partial, safe_serialization=True)
     torch.save(data_state, os.path.join(partial, DATA_STATE.format(rank=accelerator.process_index)))
     consolidated = None
@@ -285,6 +288,8 @@ def _write_checkpoint(accelerator, output_dir: str, partial: str, final: str, st
                          name=f"{os.path.basename(os.path.normpath(output_dir))} (step {state.step})")
         _write_json(os.path.join(partial, "run_config.json"), run_config)
         _write_json(os.path.join(partial, "manifest.json"), manifest)
+        if ema is not None:
+            save_file(ema.tensors(), os.path.join(partial, EMA_FILE), metadata={"decay": repr(ema.decay)})
         missing = [name for rank in range(accelerator.num_processes)
                    for name in (DATA_STATE.format(rank=rank), RNG_STATE.format(rank=rank))
                    if not os.path.isfile(os.path.join(partial, name))]
@@ -302,24 +307,48 @@ def _write_checkpoint(accelerator, output_dir: str, partial: str, final: str, st
     accelerator.wait_for_everyone()
 
 
-def load_checkpoint(accelerator, path: str, lora: bool = False) -> TrainerState:
-    """Restore model, optimizer, scaler and RNG; return the trainer state (its schedule numbers
-    give the learning rate of every later step)."""
+def load_checkpoint(accelerator, path: str, lora: bool = False, ema=None) -> TrainerState:
+    """Restore model, optimizer, scaler, RNG and the weight average; return the trainer state (its
+    schedule numbers give the learning rate of every later step). Every file is read as data
+    (safetensors, JSON, ``weights_only`` pickles): a checkpoint from elsewhere cannot run code."""
     # A LoRA checkpoint (without DeepSpeed) holds the adapters only; the frozen base weights are
     # the loaded model's.
     adapters_only = lora and not uses_deepspeed(accelerator)
-    accelerator.load_state(path, **({"strict": False} if adapters_only else {}))
+    with _refusing_code(path):
+        accelerator.load_state(path, **({"strict": False} if adapters_only else {}))
+    if ema is not None:
+        load_weight_average(ema, path)
     return TrainerState.from_file(os.path.join(path, STATE_FILE))
+
+
+def load_weight_average(ema, path: str) -> None:
+    file = os.path.join(path, EMA_FILE)
+    if not os.path.isfile(file):
+        raise UserError(f"{path} holds no weight average ({EMA_FILE}): it was saved without --ema_decay; "
+                        "resume without --ema_decay, or start a new run with it")
+    ema.load_tensors(load_file(file))
 
 
 def load_data_state(path: str, rank: int) -> dict[str, Any] | None:
     """This process's data position saved in checkpoint ``path`` (None if it has none)."""
-    import torch
-
     file = os.path.join(path, DATA_STATE.format(rank=rank))
     if not os.path.isfile(file):
         return None
-    return torch.load(file, weights_only=False)  # our own file: python RNG states and rows
+    with _refusing_code(path):
+        return torch.load(file, weights_only=True)  # numbers, strings, tensors: never objects
+
+
+@contextmanager
+def _refusing_code(path: str):
+    """A pickle in a checkpoint that holds anything but plain data and tensors (an object whose
+    loading would run code) is refused with one line, never executed."""
+    try:
+        yield
+    except pickle.UnpicklingError as err:
+        detail = str(err).strip().splitlines()[-1][:200] if str(err).strip() else ""
+        raise UserError(f"{path}: refused to load a file that holds more than plain data and tensors (it "
+                        f"could run code when loaded; this project never writes such files). Use a checkpoint "
+                        f"this project wrote. ({detail})") from None
 
 
 def read_json(path: str) -> dict[str, Any]:

@@ -1,8 +1,8 @@
 """An exponential moving average of the weights (``--ema_decay``).
 
 After every applied optimizer step, ``average = decay * average + (1 - decay) * weights`` for
-every trainable parameter, kept in float32 beside the model. It is registered with the
-accelerator, so every checkpoint saves it and a resume restores it exactly. At the end it is
+every trainable parameter, kept in float32 beside the model. Every checkpoint saves it
+(``ema.safetensors``) and a resume restores it exactly. At the end it is
 written as its own Whisper folder (``output_dir/ema``), or, with ``--eval_with_ema``, every
 evaluation (hence the best checkpoint) and the final model use it.
 """
@@ -66,14 +66,14 @@ class WeightAverage:
                 out[alias] = value
         return out
 
-    # accelerator.register_for_checkpointing: saved with every checkpoint, restored on resume
-    def state_dict(self) -> dict:
-        return {"decay": self.decay, "average": {name: t.cpu() for name, t in self.average.items()}}
+    # Saved in every checkpoint as safetensors (checkpoint.EMA_FILE), restored on resume.
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {name: tensor.detach().to("cpu").contiguous() for name, tensor in self.average.items()}
 
-    def load_state_dict(self, state: dict) -> None:
-        missing = set(self.average) ^ set(state["average"])
-        if missing:
+    def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        mismatch = set(self.average) ^ set(tensors)
+        if mismatch:
             raise UserError(f"the checkpoint's weight average (--ema_decay) covers other parameters "
-                            f"({sorted(missing)[:3]}); resume with the flags of the original run")
-        for name, tensor in state["average"].items():
+                            f"({sorted(mismatch)[:3]}); resume with the flags of the original run")
+        for name, tensor in tensors.items():
             self.average[name].copy_(tensor)

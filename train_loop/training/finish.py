@@ -8,7 +8,6 @@ import os
 from dataclasses import dataclass
 
 import torch
-from accelerate.checkpointing import load_custom_state
 from safetensors.torch import load_file
 
 from ..core.errors import EXIT_STOPPED, UserError
@@ -17,7 +16,7 @@ from ..data.loaders import close_loader
 from ..evaluation.report import format_wer_table, write_results
 from ..outputs.card import write_model_card
 from ..outputs.plot import plot_run
-from .checkpoint import save_final_model
+from .checkpoint import load_weight_average, save_final_model
 from .loop import EvalTarget, Progress, Run, run_evaluation
 from .precision import full_precision_state_dict
 from .setup import eval_set_for, test_split
@@ -138,7 +137,7 @@ def load_best_checkpoint(run: Run, checkpoint_dir: str) -> None:
     else:
         load_weights(run.accelerator.unwrap_model(run.model), checkpoint_dir, adapters_only=run.adapters is not None)
     if run.ema is not None:
-        load_custom_state(run.ema, checkpoint_dir, 0)  # the best step's average too
+        load_weight_average(run.ema, checkpoint_dir)  # the best step's average too
 
 
 def load_weights(model, checkpoint_dir: str, adapters_only: bool) -> None:

@@ -402,7 +402,7 @@ def save(run: Run, progress: Progress) -> str:
     started = time.perf_counter()
     path = save_checkpoint(accelerator, cfg.training.output_dir, state, run.model, run.processor,
                            cfg.to_flat_dict(), run.manifest, run.train_batches.state_dict(),
-                           run.frozen_fp32)
+                           run.frozen_fp32, run.ema)
     if accelerator.is_main_process:
         protected = {state.best_checkpoint} if state.best_checkpoint else set()
         deleted = rotate_checkpoints(cfg.training.output_dir, cfg.checkpoint.save_total_limit, protected)

@@ -50,12 +50,12 @@ def run_layout(config, accelerator, train_batches: TrainBatches) -> dict[str, An
 
 def resume(path: str, accelerator, train_batches: TrainBatches, layout: dict[str, Any],
            schedule: LRSchedule, reset_data_position: bool,
-           lora: bool = False) -> tuple[TrainerState, LRSchedule, list[str]]:
+           lora: bool = False, ema=None) -> tuple[TrainerState, LRSchedule, list[str]]:
     """Load checkpoint ``path`` into the prepared objects and place the data where it stopped.
 
     Returns the trainer state, the schedule to continue with, and the notes to print.
     """
-    state = load_checkpoint(accelerator, path, lora)
+    state = load_checkpoint(accelerator, path, lora, ema)
     notes: list[str] = []
     schedule, schedule_notes = continue_schedule(state.schedule, schedule, state.step)
     notes += schedule_notes

@@ -343,7 +343,6 @@ def optimization(config: TrainConfig, session: Session, model, adapters: Adapter
     ema = None
     if training.ema_decay is not None:
         ema = WeightAverage(accelerator.unwrap_model(model), training.ema_decay)
-        accelerator.register_for_checkpointing(ema)  # saved with every checkpoint, restored on resume
     # Every process draws its own dropout and SpecAugment masks (seed + process index): with one
     # seed, all processes would mask alike. The data order has its own generators, seeded by
     # --seed alone, so it does not depend on this (nor on the number of processes).
@@ -368,12 +367,12 @@ def lr_schedule(config: TrainConfig, train_batches: TrainBatches) -> LRSchedule:
 
 
 def start_or_resume(config: TrainConfig, session: Session, train_batches: TrainBatches, schedule: LRSchedule,
-                    lora: bool) -> tuple[TrainerState, LRSchedule]:
+                    lora: bool, ema: WeightAverage | None) -> tuple[TrainerState, LRSchedule]:
     """The trainer state to start from and the schedule to follow (a resume may extend it)."""
     layout = run_layout(config, session.accelerator, train_batches)
     if session.resume_path:
         state, schedule, notes = resume(session.resume_path, session.accelerator, train_batches, layout, schedule,
-                                        config.checkpoint.reset_data_position, lora=lora)
+                                        config.checkpoint.reset_data_position, lora=lora, ema=ema)
         session.logger.info(f"resumed from {session.resume_path} at {describe(state)}")
         for note in notes:
             session.logger.info(f"  note: {note}")
