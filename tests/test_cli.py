@@ -71,6 +71,7 @@ def test_evaluation_speed_switches_leave_every_transcript_unchanged(audio_sensit
     assert predictions("static", "--eval_static_cache", "--eval_encoder_batch_size", "3") == whole
 
 
+@pytest.mark.unit
 def test_evaluate_reports_a_missing_model_as_one_line(tmp_path, dataset_dir, capsys):
     code = evaluate_cli.main(["--model", str(tmp_path / "no-model"), "--data_dir", str(dataset_dir)])
     assert code == 2
@@ -95,6 +96,7 @@ def test_stats_counts_hours_percentiles_and_drops(tiny_model_dir, tmp_path, caps
         assert reason in out
 
 
+@pytest.mark.unit
 def test_stats_without_a_model_on_a_common_voice_release_offline(tmp_path, capsys):
     """Counts, hours and durations need no tokenizer: nothing to download, mp3 clips decoded."""
     from test_sources import write_common_voice

@@ -8,6 +8,8 @@ from train_loop.data.collator import IGNORE_INDEX, SpeechCollator
 from train_loop.data.config import DataConfig
 from train_loop.data.features import featurizer_for
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.fixture(scope="module")
 def featurizer(processor):

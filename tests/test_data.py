@@ -38,6 +38,7 @@ def test_bad_rows_are_skipped_counted_and_named(tmp_path, processor):
     assert "3 unreadable audio" in summary and "corrupt.wav" in summary
 
 
+@pytest.mark.unit
 def test_streaming_skips_the_same_rows_and_counts_them(tmp_path, processor):
     root = write_bad_rows(tmp_path / "data")
     rows = load_rows(SourceConfig(data_dir=str(root)), "train", streaming=True)

@@ -136,6 +136,7 @@ DS_CONFIGS = sorted((ROOT / "ds_configs").glob("*.json"))
 RECIPES = sorted((ROOT / "launch" / "recipes").glob("*.yaml"))
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("path", LAUNCH, ids=lambda p: p.name)
 def test_accelerate_config_files_load(path):
     from accelerate.commands.config.config_args import ClusterConfig
@@ -172,6 +173,7 @@ def _training(**overrides):
                                *[f"--{k}={v}" for k, v in overrides.items()]]).training
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("path", DS_CONFIGS, ids=lambda p: p.name)
 def test_deepspeed_configs_fill_every_auto_from_the_flags(path):
     ds = json.loads(path.read_text())
@@ -191,6 +193,7 @@ def test_deepspeed_configs_fill_every_auto_from_the_flags(path):
         assert ds["zero_force_ds_cpu_optimizer"] is False
 
 
+@pytest.mark.unit
 def test_deepspeed_config_that_disagrees_with_a_flag_is_an_error():
     ds = {"train_micro_batch_size_per_gpu": 8, "zero_optimization": {"stage": 2}}
     with pytest.raises(UserError, match="train_micro_batch_size_per_gpu is 8 but "
@@ -200,6 +203,7 @@ def test_deepspeed_config_that_disagrees_with_a_flag_is_an_error():
         fill_deepspeed_config(_FakeAccelerator({"scheduler": {}}), _training())
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
 def test_recipes_are_valid_and_name_existing_launch_configs(path):
     config = parse_train_config(["--config", str(path)])
@@ -335,6 +339,7 @@ def test_caches_are_prepared_by_the_main_process_then_each_nodes_first_then_the_
     assert order[0] == 0 and order[1] == 2 and sorted(order[2:]) == [1, 3]
 
 
+@pytest.mark.unit
 def test_cpu_adam_that_cannot_be_built_is_a_clear_error(monkeypatch):
     import deepspeed.ops.adam
 

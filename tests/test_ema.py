@@ -4,6 +4,7 @@ is written as a Whisper folder (or evaluated and saved as the final model with -
 import os
 import shutil
 
+import pytest
 import torch
 from conftest import train_args
 from safetensors.torch import load_file
@@ -54,6 +55,7 @@ def test_eval_with_ema_makes_the_average_the_final_model(tiny_model_dir, dataset
     assert not (out / "ema").exists()
 
 
+@pytest.mark.unit
 def test_eval_with_ema_needs_the_decay(tiny_model_dir, dataset_dir, tmp_path, capsys):
     assert train_main.main(train_args(tiny_model_dir, dataset_dir, tmp_path / "r", tmp_path / "c",
                                       eval_with_ema="true")) == 2

@@ -17,6 +17,8 @@ def without(monkeypatch):
 
     def hide(*names):
         for name in names:
+            for loaded in [key for key in sys.modules if key.startswith(name + ".")]:
+                monkeypatch.setitem(sys.modules, loaded, None)  # also `from name.sub import x`
             monkeypatch.setitem(sys.modules, name, None)  # `import name` raises ImportError
         monkeypatch.setattr(importlib.util, "find_spec",
                             lambda name, *a: None if name.split(".")[0] in names else real_find_spec(name, *a))

@@ -73,6 +73,7 @@ def test_a_diverging_run_skips_bad_steps_then_stops_with_the_last_good_checkpoin
     assert f"the newest checkpoint, checkpoint-{last_good}, is from before" in result.stderr
 
 
+@pytest.mark.unit
 def test_a_nan_metric_is_never_the_best_and_nan_weights_are_never_the_final_model(tiny_model_dir, tmp_path):
     from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
@@ -258,6 +259,7 @@ def _table(root, lines, encoding="utf-8"):
     return root
 
 
+@pytest.mark.unit
 def test_a_manifest_in_another_encoding_names_the_file_line_and_fix(tmp_path):
     from train_loop.data.config import SourceConfig
     from train_loop.data.sources import load_rows
@@ -295,6 +297,7 @@ def test_a_second_row_with_another_transcript_is_an_error_naming_both_lines(tmp_
 # --------------------------------------------------------------------------------------------
 
 
+@pytest.mark.unit
 def test_compressed_audio_cut_short_is_skipped_with_what_the_decoder_said(tmp_path):
     from train_loop.data.audio import AudioDecodeError, decode_audio
 
@@ -364,6 +367,7 @@ def test_a_signal_to_the_trainer_finishes_the_step_saves_and_exits_75(tiny_model
     assert not (out / "model.safetensors").exists()  # no final model: the run is not finished
 
 
+@pytest.mark.unit
 def test_a_second_ctrl_c_stops_at_once_and_a_forwarded_copy_of_the_first_does_not(monkeypatch):
     """The handler's rule, on a clock the test sets: the same Ctrl-C arriving twice (from the
     terminal and forwarded by torchrun's agent) is one; a later one means "stop now"."""
@@ -393,6 +397,7 @@ class _OneProcess:
     num_processes = 1
 
 
+@pytest.mark.unit
 def test_a_second_ctrl_c_ends_the_command_with_130_and_one_line(monkeypatch, capsys, tmp_path):
     """Wherever the second Ctrl-C lands (here: while the run is being set up), the command ends
     with exit status 130 and one line saying how to continue, never a traceback."""
@@ -496,8 +501,8 @@ def test_sigterm_to_one_trainer_of_two_stops_both_after_the_same_step(tiny_model
     ({"max_train_samples": 0}, "--max_train_samples must be at least 1"),
     ({"max_eval_samples": -5}, "--max_eval_samples must be at least 1"),
     ({"adam_beta2": 1.0}, "--adam_beta2 must be in [0, 1)"),
-    ({"weight_decay": -0.1}, "--weight_decay must be 0 or more"),
-    ({"mask_time_prob": 1.5}, "--mask_time_prob is a fraction between 0 and 1"),
+    ({"weight_decay": -0.1}, "--weight_decay must be at least 0"),
+    ({"mask_time_prob": 1.5}, "--mask_time_prob must be between 0 and 1"),
     ({"max_nonfinite_steps": 0}, "--max_nonfinite_steps must be at least 1"),
     ({"resume_from": "latest", "overwrite_output_dir": "true"}, "--overwrite_output_dir deletes the run"),
 ])
@@ -508,6 +513,7 @@ def test_nonsense_values_are_one_line_errors(tiny_model_dir, data, tmp_path, fla
         parse_train_config(train_args(tiny_model_dir, data, tmp_path / "o", tmp_path / "c", **flags))
 
 
+@pytest.mark.unit
 def test_a_stream_that_yields_no_batch_is_a_clear_error(tiny_model_dir, tmp_path, capsys):
     root = write_audiofolder(tmp_path / "d", {"train": SENTENCES[:3]}, seconds=0.5)
     code = train_main.main(train_args(tiny_model_dir, root, tmp_path / "o", tmp_path / "c", streaming="true",

@@ -72,6 +72,7 @@ def test_lora_without_merge_saves_a_peft_adapter_folder(tiny_model_dir, dataset_
     ({"lora_r": 8}, "take effect with --use_lora"),
     ({"use_lora": "true", "lora_target_modules": "query"}, "--lora_target_modules query: no module named query"),
 ])
+@pytest.mark.unit
 def test_lora_flag_mistakes_are_one_line_errors(tiny_model_dir, dataset_dir, tmp_path, capsys, extra, expected):
     assert train_main.main(train_args(tiny_model_dir, dataset_dir, tmp_path / "r", tmp_path / "c", **extra)) == 2
     assert expected in capsys.readouterr().err

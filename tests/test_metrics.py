@@ -4,6 +4,8 @@ from train_loop.core.text import BelarusianTextNormalizer
 from train_loop.evaluation.generation import gather_predictions, score
 from train_loop.evaluation.metrics import error_rates, utterance_errors
 
+pytestmark = pytest.mark.unit
+
 
 def test_corpus_rates_on_hand_counted_transcripts():
     normalize = BelarusianTextNormalizer()

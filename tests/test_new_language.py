@@ -2,11 +2,12 @@
 
 import json
 
+import pytest
 from conftest import train_args
 
 from train_loop import evaluate as evaluate_cli
 from train_loop import main as train_main
-from train_loop.transcribe import Transcriber
+from train_loop.evaluation.transcriber import Transcriber
 
 
 def test_a_new_language_borrows_a_token_and_every_tool_agrees(tiny_model_dir, dataset_dir, tmp_path, capsys):
@@ -32,6 +33,7 @@ def test_a_new_language_borrows_a_token_and_every_tool_agrees(tiny_model_dir, da
     assert Transcriber(str(out), None, "transcribe").language == "uk"
 
 
+@pytest.mark.unit
 def test_an_unknown_language_without_a_token_says_how_to_borrow_one(tiny_model_dir, dataset_dir, tmp_path, capsys):
     assert train_main.main(train_args(tiny_model_dir, dataset_dir, tmp_path / "r", tmp_path / "c", language="xx")) == 2
     assert "--language_token_from" in capsys.readouterr().err

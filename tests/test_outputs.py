@@ -72,6 +72,7 @@ def test_tracker_scalars_are_grouped_as_train_eval_and_test(finished_run):
     assert not any(tag.startswith(("eval_", "test_")) for tag in tags)
 
 
+@pytest.mark.unit
 def test_a_tracker_that_is_not_installed_is_named_at_the_start(tiny_model_dir, dataset_dir, tmp_path, capsys):
     pytest.importorskip("tensorboard")
     if __import__("importlib").util.find_spec("wandb") is not None:

@@ -33,16 +33,20 @@ import hashlib, json, os, sys
 sys.path.insert(0, {str(ROOT)!r})
 import numpy as np, torch
 import train_loop.training.loop as loop
-step = loop.optimizer_step
+step, train = loop.optimizer_step, loop.train
+current = {{}}
+def tracking(run, progress):
+    current["progress"] = progress
+    return train(run, progress)
 def recording(run, micro_batches):
     state = np.random.get_state()
     digest = hashlib.sha256(torch.get_rng_state().numpy().tobytes() + state[1].tobytes()
                             + str(state[2]).encode()).hexdigest()[:16]
     path = os.path.join(run.config.training.output_dir, f"rng-{{run.accelerator.process_index}}.jsonl")
     with open(path, "a") as handle:
-        handle.write(json.dumps({{"step": run.state.step + 1, "rng": digest}}) + "\\n")
+        handle.write(json.dumps({{"step": current["progress"].state.step + 1, "rng": digest}}) + "\\n")
     return step(run, micro_batches)
-loop.optimizer_step = recording
+loop.optimizer_step, loop.train = recording, tracking
 from train_loop.main import main
 sys.exit(main(sys.argv[1:]))
 """

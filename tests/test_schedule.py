@@ -4,6 +4,8 @@ import pytest
 
 from train_loop.training.schedule import DECAYS, LRSchedule
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.mark.parametrize("kind", ["linear", "cosine", "constant"])
 def test_peak_is_exactly_the_learning_rate_at_the_end_of_warmup(kind):

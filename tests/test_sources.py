@@ -8,6 +8,8 @@ from train_loop.core.errors import UserError
 from train_loop.data.config import SourceConfig
 from train_loop.data.sources import has_split, load_rows
 
+pytestmark = pytest.mark.unit
+
 CV_COLUMNS = ["client_id", "path", "sentence_id", "sentence", "sentence_domain", "up_votes", "down_votes",
               "age", "gender", "accents", "variant", "locale", "segment"]  # the columns of releases since 17.0
 

@@ -3,6 +3,8 @@ import pytest
 from train_loop.core.text import BasicTextNormalizer, BelarusianTextNormalizer
 from train_loop.data.features import prepare_label_text
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.fixture(scope="module")
 def normalize():

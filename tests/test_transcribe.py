@@ -6,6 +6,7 @@ import re
 import subprocess
 import sys
 
+import pytest
 import soundfile as sf
 from conftest import ROOT, tone
 
@@ -83,6 +84,7 @@ def test_subtitle_files_count_segments_and_times_as_players_expect():
     assert render(transcript, "txt") == "Добры дзень. Як справы?\n"
 
 
+@pytest.mark.unit
 def test_clear_errors_for_a_missing_path_or_model(model_30s, tmp_path, capsys):
     from train_loop.transcribe import main
 

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from accelerate.utils.other import load as accelerate_load
 from safetensors.torch import load_file, save_file
 
 from ..core.errors import UserError
@@ -314,7 +315,12 @@ def load_checkpoint(accelerator, path: str, lora: bool = False, ema=None) -> Tra
     # A LoRA checkpoint (without DeepSpeed) holds the adapters only; the frozen base weights are
     # the loaded model's.
     adapters_only = lora and not uses_deepspeed(accelerator)
+    rng_file = os.path.join(path, RNG_STATE.format(rank=accelerator.process_index))
     with _refusing_code(path):
+        # accelerate would swallow any error reading the random states and resume with the wrong
+        # ones: read them first (as it does, tensors and numpy's RNG only), so a bad file stops here.
+        if os.path.isfile(rng_file) and "random_state" not in accelerate_load(rng_file):
+            raise UserError(f"{rng_file}: holds no random states; the checkpoint is damaged, resume from another")
         accelerator.load_state(path, **({"strict": False} if adapters_only else {}))
     if ema is not None:
         load_weight_average(ema, path)

@@ -54,11 +54,14 @@ def final_saves(run: Run, weights: dict[str, torch.Tensor] | None) -> list[Final
         else:
             saves.append(FinalSave(os.path.join(output_dir, "ema"), f"the weight average (--ema_decay "
                                    f"{cfg.training.ema_decay})", whisper, as_whisper(averaged)))
+    what = "the final model" + (" = the weight average (--ema_decay, --eval_with_ema)"
+                                if run.ema is not None and cfg.training.eval_with_ema else "")
     if adapters and not cfg.lora.lora_merge:
-        saves.append(FinalSave(output_dir, "the LoRA adapters (--lora_merge false)", model, None, adapters_only=True))
+        saves.append(FinalSave(output_dir, f"{what}: the LoRA adapters (--lora_merge false)", model, None,
+                               adapters_only=True))
     else:
-        saves.append(FinalSave(output_dir, "the final model" + (" (LoRA merged)" if adapters else ""),
-                               whisper, as_whisper(weights)))
+        saves.append(FinalSave(output_dir, what + (" (LoRA merged)" if adapters else ""), whisper,
+                               as_whisper(weights)))
     return saves
 
 
