@@ -174,3 +174,24 @@ def test_export_from_a_checkpoint_folder_and_clear_errors(model_30s, tmp_path, c
     ]:
         assert export_cli.main([*map(str, args), "--output_dir", str(tmp_path / "from-checkpoint")]) == 2
         assert message in capsys.readouterr().err
+
+
+def test_an_export_never_replaces_its_input_and_refuses_a_window_faster_whisper_cannot_run(model_30s, tiny_model_dir,
+                                                                                          tmp_path, capsys):
+    import shutil
+
+    from train_loop import export as export_cli
+
+    model = tmp_path / "model"
+    shutil.copytree(model_30s, model)
+    before = sorted(p.name for p in model.iterdir())
+    for output in (model, model / "export", tmp_path):  # the same folder, inside it, holding it
+        code = export_cli.main(["--model", str(model), "--format", "ggml", "--output_dir", str(output),
+                                "--overwrite_output_dir"])
+        assert code == 2 and "overlaps --model" in capsys.readouterr().err
+    assert sorted(p.name for p in model.iterdir()) == before  # nothing deleted
+    # A 2 s window: faster-whisper cuts audio into 30 s windows. Refused before anything is written.
+    out = tmp_path / "ct2"
+    assert export_cli.main(["--model", tiny_model_dir, "--format", "ctranslate2", "--output_dir", str(out)]) == 2
+    assert "faster-whisper (CTranslate2) always cuts audio into 30 s windows" in capsys.readouterr().err
+    assert not out.exists()

@@ -349,7 +349,7 @@ def _stopped_checkpoint(out, processes=1):
     return step
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])  # SIGHUP: a closed terminal
 def test_a_signal_to_the_trainer_finishes_the_step_saves_and_exits_75(tiny_model_dir, data, tmp_path, sig):
     out = tmp_path / "run"
     process = subprocess.Popen([sys.executable, "-m", "train_loop.main",

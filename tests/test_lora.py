@@ -76,3 +76,22 @@ def test_lora_without_merge_saves_a_peft_adapter_folder(tiny_model_dir, dataset_
 def test_lora_flag_mistakes_are_one_line_errors(tiny_model_dir, dataset_dir, tmp_path, capsys, extra, expected):
     assert train_main.main(train_args(tiny_model_dir, dataset_dir, tmp_path / "r", tmp_path / "c", **extra)) == 2
     assert expected in capsys.readouterr().err
+
+
+@pytest.mark.unit
+def test_lora_with_a_frozen_encoder_adapts_the_decoder_only(tiny_model_dir):
+    pytest.importorskip("peft")
+    from transformers import WhisperForConditionalGeneration
+
+    from train_loop.training.config import LoraConfig
+    from train_loop.training.lora import apply_lora
+
+    config = LoraConfig(use_lora=True, lora_r=4, lora_target_modules="q_proj,v_proj")
+    for freeze_encoder, encoder_trains in ((False, True), (True, False)):
+        model, adapters = apply_lora(WhisperForConditionalGeneration.from_pretrained(tiny_model_dir), config,
+                                     freeze_encoder=freeze_encoder)
+        trained = [name for name, param in model.named_parameters() if param.requires_grad]
+        assert trained and all(".lora_" in name for name in trained)
+        assert any(".decoder." in name for name in trained)
+        assert any(".encoder." in name for name in trained) is encoder_trains
+        assert adapters.whisper() is model.get_base_model()

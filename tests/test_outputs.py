@@ -56,6 +56,16 @@ def test_a_finished_run_plots_its_curves_and_the_plot_command_redraws_them(finis
     result = subprocess.run([sys.executable, "-m", "train_loop.plot", str(tmp_path)], cwd=ROOT,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "no metrics.jsonl" in result.stderr
+    # A damaged metrics file: the malformed lines are left out and named, the rest is drawn.
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    lines = (finished_run / "metrics.jsonl").read_text().splitlines()
+    (damaged / "metrics.jsonl").write_text("\n".join([lines[0], "[1, 2]", '{"step": "x"}', "{cut sh", *lines[1:]]))
+    result = subprocess.run([sys.executable, "-m", "train_loop.plot", str(damaged)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "left out 3 line(s)" in result.stderr and "(line 2, 3, 4)" in result.stderr
+    assert "Traceback" not in result.stderr and (damaged / "curves.png").read_bytes()[:8] == PNG_MAGIC
 
 
 def test_tracker_scalars_are_grouped_as_train_eval_and_test(finished_run):

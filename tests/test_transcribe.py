@@ -96,3 +96,17 @@ def test_clear_errors_for_a_missing_path_or_model(model_30s, tmp_path, capsys):
     sf.write(tmp_path / "empty" / "clip.wav", tone(1.0), 16000)
     assert main(["--model", str(tmp_path / "no-model"), str(tmp_path / "empty")]) == 2
     assert "cannot load a Whisper model" in capsys.readouterr().err
+
+
+def test_one_output_per_input_even_for_files_of_one_name_and_a_bad_language_is_one_line(model_30s, tmp_path):
+    sf.write(tmp_path / "x.wav", tone(1.0, freq=220), 16000)
+    sf.write(tmp_path / "x.flac", tone(1.2, freq=330), 16000)
+    sf.write(tmp_path / "y.wav", tone(1.0, freq=260), 16000)
+    out = tmp_path / "out"
+    result = transcribe("--model", model_30s, "--language", "be", "--output_dir", out, tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert sorted(p.name for p in out.iterdir()) == ["x.flac.txt", "x.wav.txt", "y.txt"]
+    assert "transcribed 3 file(s)" in result.stderr
+    bad = transcribe("--model", model_30s, "--language", "zz", tmp_path / "y.wav")
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert bad.stderr.strip().splitlines()[-1].startswith("error: --language zz: not a language Whisper has a token")

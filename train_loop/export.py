@@ -112,8 +112,14 @@ def export(options: ExportConfig, saved: SavedModelConfig) -> str:
     quantization = options.quantization or runtime.QUANTIZATIONS[0]
     if quantization not in runtime.QUANTIZATIONS:
         raise UserError(f"--quantization {quantization}: {options.format} takes {', '.join(runtime.QUANTIZATIONS)}")
+    model, processor = _load(saved.model)  # before anything is written or replaced
+    window = processor.feature_extractor.n_samples / processor.feature_extractor.sampling_rate
+    if options.format == "ctranslate2" and window != 30:
+        raise UserError(f"--model {saved.model} hears a {window:g} s window; faster-whisper (CTranslate2) "
+                        "always cuts audio into 30 s windows and cannot run it. Export a model with Whisper's 30 s "
+                        "window, or use --format ggml")
+    _refuse_overlap(saved.model, options.output_dir)
     _prepare_output(options.output_dir, options.overwrite_output_dir)
-    model, processor = _load(saved.model)
     started = time.perf_counter()
     target = runtime.export(model, processor, options.output_dir, quantization)
     size = sum(os.path.getsize(os.path.join(root, name)) for root, _, names in os.walk(options.output_dir)
@@ -121,6 +127,17 @@ def export(options: ExportConfig, saved: SavedModelConfig) -> str:
     print(f"exported {saved.model} to {target} ({options.format}, {quantization}, {size / 1e6:.1f} MB) "
           f"in {time.perf_counter() - started:.1f} s", flush=True)
     return target
+
+
+def _refuse_overlap(model: str, output_dir: str) -> None:
+    """The export never replaces its own input: --output_dir may not be the model's folder, nor
+    inside it, nor hold it."""
+    if not os.path.isdir(model):
+        return  # a Hub id
+    source, target = os.path.realpath(model), os.path.realpath(output_dir)
+    if source == target or source.startswith(target + os.sep) or target.startswith(source + os.sep):
+        raise UserError(f"--output_dir {output_dir} overlaps --model {model} (the same folder, or one inside the "
+                        "other); the export would replace what it reads. Choose another --output_dir")
 
 
 def _prepare_output(output_dir: str, overwrite: bool) -> None:

@@ -37,7 +37,12 @@ def main(argv: list[str] | None = None) -> int:
         run_dir = parsed["run_dir"][0]
         if not os.path.isfile(os.path.join(run_dir, "metrics.jsonl")):
             raise UserError(f"{run_dir}: no metrics.jsonl (not a run's output_dir, or the run has not logged yet)")
-        path = plot_run(run_dir, parsed["plot"].output)
+        malformed: list[int] = []
+        path = plot_run(run_dir, parsed["plot"].output, malformed)
+        if malformed:
+            print(f"note: left out {len(malformed)} line(s) of {run_dir}/metrics.jsonl that are not a JSON record "
+                  f"with a step (line {', '.join(map(str, malformed[:5]))}{', ...' if len(malformed) > 5 else ''})",
+                  file=sys.stderr, flush=True)
         if path is None:
             raise UserError(f"{run_dir}/metrics.jsonl holds no training step yet")
         print(path)

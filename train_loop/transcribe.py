@@ -165,6 +165,7 @@ class Writer:
         self.output_dir, self.format = output_dir, fmt
         absolute = [os.path.abspath(path) for path in files]
         self.root = os.path.commonpath([os.path.dirname(path) for path in absolute]) if absolute else ""
+        self.targets = self._targets(files)
         self.jsonl = None
         if output_dir:
             if os.path.exists(output_dir) and not os.path.isdir(output_dir):
@@ -184,8 +185,7 @@ class Writer:
             self.jsonl.write(json.dumps(record, ensure_ascii=False) + "\n")
             self.jsonl.flush()
             return
-        relative = os.path.relpath(os.path.abspath(transcript.path), self.root)
-        target = os.path.join(self.output_dir, os.path.splitext(relative)[0] + "." + self.format)
+        target = self.targets[transcript.path]
         os.makedirs(os.path.dirname(target), exist_ok=True)
         with open(target, "w", encoding="utf-8") as handle:
             handle.write(render(transcript, self.format))
@@ -193,6 +193,20 @@ class Writer:
     def close(self) -> None:
         if self.jsonl is not None:
             self.jsonl.close()
+
+    def _targets(self, files: list[str]) -> dict[str, str]:
+        """One output file per input, mirroring the inputs' folders: ``talk.txt`` for ``talk.wav``,
+        and ``talk.wav.txt`` and ``talk.flac.txt`` when both are given (never one file for two)."""
+        if not self.output_dir:
+            return {}
+        stems = {path: os.path.splitext(os.path.relpath(os.path.abspath(path), self.root))[0] for path in files}
+        taken: dict[str, int] = {}
+        for stem in stems.values():
+            taken[stem] = taken.get(stem, 0) + 1
+        return {path: os.path.join(self.output_dir, (stem if taken[stem] == 1 else
+                                                     os.path.relpath(os.path.abspath(path), self.root))
+                                   + "." + self.format)
+                for path, stem in stems.items()}
 
 
 def render(transcript: Transcript, fmt: str) -> str:

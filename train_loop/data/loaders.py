@@ -81,10 +81,11 @@ def end_workers_at_exit() -> None:
 
 
 def ignore_stop_signals(worker_id: int = 0) -> None:
-    """DataLoader ``worker_init_fn``: leave SIGTERM/SIGINT to the training process, which stops
+    """DataLoader ``worker_init_fn``: leave SIGTERM/SIGINT/SIGHUP to the training process, which stops
     cleanly on them (training/preemption.py) and shuts its workers down itself."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
 
 def close_loader(loader) -> None:

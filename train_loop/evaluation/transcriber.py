@@ -42,6 +42,12 @@ class Transcriber:
                             f"({reason})") from None
         self.dtype = dtype
         self.language = decoding_language(self.model.generation_config, language)
+        if self.language:
+            try:  # the tokenizer knows Whisper's languages by code and by name
+                self.processor.tokenizer.set_prefix_tokens(language=self.language, task=task)
+            except ValueError:
+                raise UserError(f"--language {language}: not a language Whisper has a token for; use its code "
+                                "(e.g. be, uk, en) or name (e.g. belarusian)") from None
         self.task = task
         self.num_beams = num_beams
         self.max_new_tokens = max_new_tokens

@@ -14,19 +14,25 @@ import os
 CURVES_FILE = "curves.png"
 
 
-def read_metrics(run_dir: str) -> list[dict]:
+def read_metrics(run_dir: str, malformed: list[int] | None = None) -> list[dict]:
+    """The records of ``metrics.jsonl``; a line that is not a JSON object with a step (a line
+    being written by a live run, or an edited file) is left out, its number added to ``malformed``."""
     path = os.path.join(run_dir, "metrics.jsonl")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{run_dir}: no metrics.jsonl; is it a run's output_dir?")
     records = []
-    with open(path, encoding="utf-8") as handle:
-        for line in handle:
-            line = line.strip()
-            if line:
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError:
-                    continue  # a line being written by a live run
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                record = None
+            if isinstance(record, dict) and isinstance(record.get("step"), int):
+                records.append(record)
+            elif malformed is not None:
+                malformed.append(number)
     return records
 
 
@@ -72,14 +78,15 @@ def draw_curves(records: list[dict], title: str):
     return figure
 
 
-def plot_run(run_dir: str, output: str | None = None) -> str | None:
-    """Write the curves; returns the PNG's path, or None when there is nothing to plot yet."""
+def plot_run(run_dir: str, output: str | None = None, malformed: list[int] | None = None) -> str | None:
+    """Write the curves; returns the PNG's path, or None when there is nothing to plot yet.
+    ``malformed`` collects the numbers of the metrics lines left out."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only: no display needed
     import matplotlib.pyplot as plt
 
-    records = read_metrics(run_dir)
+    records = read_metrics(run_dir, malformed)
     if not any("loss" in r for r in records):
         return None
     figure = draw_curves(records, os.path.basename(os.path.normpath(run_dir)))

@@ -1,7 +1,8 @@
-"""Stop cleanly on SIGTERM / SIGINT, however the run was launched.
+"""Stop cleanly on SIGTERM / SIGINT / SIGHUP, however the run was launched.
 
 A scheduler that preempts a job (SLURM, Kubernetes, spot instances) sends SIGTERM and waits a
-grace period; Ctrl-C sends SIGINT. During training either sets a flag that the loop reads
+grace period; Ctrl-C sends SIGINT; a closed terminal or a dropped SSH session sends SIGHUP. During
+training each sets a flag that the loop reads
 after each optimizer step: the step finishes, a checkpoint is written and the process exits
 with ``EXIT_STOPPED`` (75, "temporary failure, retry": resumable with ``--resume_from
 latest``). With several processes the flag is agreed on by all of them (any process that got
@@ -34,6 +35,7 @@ import torch
 
 from ..core.errors import StoppedBeforeTraining
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 DUPLICATE_WINDOW_S = 1.0  # a second signal this soon after the first is the same one, forwarded
 LAUNCHERS = ("accelerate", "torch.distributed.run", "torchrun", "torch/distributed/run.py")
 
@@ -49,7 +51,9 @@ class StopOnSignal:
         self._group = None
         self._previous = {}
         if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for sig in STOP_SIGNALS:
+                if sig == signal.SIGHUP and signal.getsignal(sig) == signal.SIG_IGN:
+                    continue  # started with nohup: the run is meant to outlive its terminal
                 self._previous[sig] = signal.signal(sig, self._handle)
         follow_launcher()
 
