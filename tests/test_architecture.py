@@ -23,7 +23,8 @@ _spec.loader.exec_module(code_metrics)
 # Lowest first: a module may import only from its own layer or the ones before it.
 LAYERS = ["train_loop.core", "train_loop.synthetic", "train_loop.data", "train_loop.outputs",
           "train_loop.evaluation", "train_loop.training", "train_loop.runtimes"]
-CORE = ["train_loop.core.errors", "train_loop.core.console", "train_loop.core.flags", "train_loop.core.text",
+CORE = ["train_loop.core.errors", "train_loop.core.paths", "train_loop.core.console", "train_loop.core.flags",
+        "train_loop.core.text",
         "train_loop.core.processes", "train_loop.core.model"]
 # What users run (python -m train_loop.<command>); nothing in the package imports them.
 COMMANDS = {f"train_loop.{name}" for name in ("main", "evaluate", "transcribe", "export", "stats", "average",

@@ -56,3 +56,28 @@ def test_average_refuses_one_input_a_missing_folder_and_different_models(run_wit
     other = build_tiny_whisper(str(tmp_path / "wide"), chunk_length=2, d_model=64, layers=1, heads=2)
     assert average_cli.main([str(run / "checkpoint-1"), other, "--output_dir", str(tmp_path / "a")]) == 2
     assert "has shape" in capsys.readouterr().err
+
+
+def test_average_never_writes_over_what_it_did_not_write(run_with_checkpoints, tmp_path, capsys):
+    run, _ = run_with_checkpoints
+    inputs = [str(run / "checkpoint-1"), str(run / "checkpoint-2")]
+    weights = (run / "model.safetensors").read_bytes()
+    # Into the run the checkpoints belong to (it holds them), or into a checkpoint: refused.
+    for output in (run, run / "checkpoint-1" / "avg"):
+        assert average_cli.main([*inputs, "--output_dir", str(output)]) == 2
+        assert "overlaps the input" in capsys.readouterr().err
+    # Into another run's folder (not an average): refused, nothing touched.
+    other = tmp_path / "other-run"
+    other.mkdir()
+    (other / "model.safetensors").write_bytes(b"another run's weights")
+    assert average_cli.main([*inputs, "--output_dir", str(other)]) == 2
+    assert "holds files this command did not write" in capsys.readouterr().err
+    assert (other / "model.safetensors").read_bytes() == b"another run's weights"
+    assert (run / "model.safetensors").read_bytes() == weights
+    # An earlier average is replaced whole, and only by a complete new one.
+    out = tmp_path / "avg"
+    assert average_cli.main([*inputs, "--output_dir", str(out)]) == 0
+    first = load_file(out / "model.safetensors")
+    assert average_cli.main([*inputs, str(run / "checkpoint-3"), "--output_dir", str(out)]) == 0
+    assert not torch.equal(first["model.encoder.conv1.weight"], load_file(out / "model.safetensors")["model.encoder.conv1.weight"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["avg", "other-run"]  # no staging folder left

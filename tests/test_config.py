@@ -167,3 +167,15 @@ def test_list_and_optional_fields_parse_from_flags_and_recipes(tmp_path):
 def test_combinations_that_make_no_sense_are_rejected(argv, message):
     with pytest.raises(UserError, match=message):
         parse_train_config(argv)
+
+
+def test_an_output_dir_that_overlaps_an_input_is_refused(tmp_path):
+    """--overwrite_output_dir (which an error suggests) would otherwise delete the base model."""
+    model, data = tmp_path / "whisper-base", tmp_path / "data"
+    model.mkdir()
+    data.mkdir()
+    for output, named in ((model, "--model_name_or_path"), (model / "run", "--model_name_or_path"),
+                          (data, "--data_dir"), (tmp_path, "--model_name_or_path")):
+        with pytest.raises(UserError, match=f"--output_dir {output} overlaps {named}"):
+            parse_train_config(["--model_name_or_path", str(model), "--data_dir", str(data), "--output_dir",
+                                str(output), "--overwrite_output_dir"])

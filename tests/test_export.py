@@ -190,6 +190,20 @@ def test_an_export_never_replaces_its_input_and_refuses_a_window_faster_whisper_
                                 "--overwrite_output_dir"])
         assert code == 2 and "overlaps --model" in capsys.readouterr().err
     assert sorted(p.name for p in model.iterdir()) == before  # nothing deleted
+    # --overwrite_output_dir replaces an earlier export, never a folder the export did not write.
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    assert export_cli.main(["--model", str(model), "--format", "ggml", "--output_dir", str(other),
+                            "--overwrite_output_dir"]) == 2
+    assert "holds files this command did not write" in capsys.readouterr().err
+    assert (other / "notes.txt").read_text() == "mine"
+    again = tmp_path / "ggml"
+    for _ in range(2):
+        assert export_cli.main(["--model", str(model), "--format", "ggml", "--output_dir", str(again),
+                                "--overwrite_output_dir"]) == 0
+    assert (again / "ggml-model.bin").is_file() and (again / "exported_from.json").is_file()
+    assert f"to {again / 'ggml-model.bin'} (ggml" in capsys.readouterr().out
     # A 2 s window: faster-whisper cuts audio into 30 s windows. Refused before anything is written.
     out = tmp_path / "ct2"
     assert export_cli.main(["--model", tiny_model_dir, "--format", "ctranslate2", "--output_dir", str(out)]) == 2

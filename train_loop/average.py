@@ -22,8 +22,10 @@ from dataclasses import dataclass
 from .core.console import run_tool
 from .core.errors import UserError
 from .core.flags import flag, parse_sections
+from .core.paths import overlaps, replace_folder
 
 WEIGHTS = "model.safetensors"
+RECORD = "averaged_from.json"  # which checkpoints; also how this command knows a folder is its own
 
 
 @dataclass
@@ -60,8 +62,13 @@ def average_checkpoints(folders: list[str], output_dir: str | None, save_dtype: 
         if not os.path.isfile(os.path.join(folder, WEIGHTS)):
             raise UserError(f"{folder}: no {WEIGHTS} here; give checkpoint-N folders or model folders "
                             "saved by this project")
-    if os.path.abspath(output_dir) in {os.path.abspath(f) for f in folders}:
-        raise UserError(f"--output_dir {output_dir} is one of the inputs; choose a new folder")
+    for folder in folders:
+        if overlaps(output_dir, folder):
+            raise UserError(f"--output_dir {output_dir} overlaps the input {folder} (the same folder, or one inside "
+                            "the other); choose a new folder")
+    if os.path.isdir(output_dir) and os.listdir(output_dir) and not os.path.isfile(os.path.join(output_dir, RECORD)):
+        raise UserError(f"--output_dir {output_dir} holds files this command did not write (no {RECORD}); "
+                        "choose a new or empty folder")
     totals: dict[str, torch.Tensor] = {}
     reference: dict[str, tuple] = {}
     bar = progress_bar(len(folders), "average", enabled=True, unit="checkpoint")
@@ -85,10 +92,14 @@ def average_checkpoints(folders: list[str], output_dir: str | None, save_dtype: 
         bar.update(1)
     bar.close()
     averaged = {name: (total / len(folders)).float() for name, total in totals.items()}
-    _save(folders[0], averaged, output_dir, save_dtype)
-    with open(os.path.join(output_dir, "averaged_from.json"), "w", encoding="utf-8") as handle:
-        json.dump({"checkpoints": [os.path.abspath(f) for f in folders], "method": "element-wise mean"},
-                  handle, indent=2)
+
+    def write(folder: str) -> None:
+        _save(folders[0], averaged, folder, save_dtype)
+        with open(os.path.join(folder, RECORD), "w", encoding="utf-8") as handle:
+            json.dump({"checkpoints": [os.path.abspath(f) for f in folders], "method": "element-wise mean"},
+                      handle, indent=2)
+
+    replace_folder(output_dir, write)  # an earlier average stays whole until this one is complete
     print(f"averaged {len(folders)} checkpoints into {output_dir} ({save_dtype} weights; from_pretrained ready)")
     return output_dir
 

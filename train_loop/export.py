@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -31,9 +30,12 @@ from dataclasses import dataclass
 from .core.console import run_tool
 from .core.errors import UserError
 from .core.flags import at_least, flag, parse_sections
+from .core.paths import overlaps, replace_folder
 from .data.config import SourceConfig
 from .evaluation.config import DecodingConfig, SavedModelConfig, ScoringConfig
 from .runtimes import RUNTIMES
+
+RECORD = "exported_from.json"  # what was exported, and how this command knows the folder is its own
 
 
 @dataclass
@@ -119,9 +121,19 @@ def export(options: ExportConfig, saved: SavedModelConfig) -> str:
                         "always cuts audio into 30 s windows and cannot run it. Export a model with Whisper's 30 s "
                         "window, or use --format ggml")
     _refuse_overlap(saved.model, options.output_dir)
-    _prepare_output(options.output_dir, options.overwrite_output_dir)
+    _check_output(options.output_dir, options.overwrite_output_dir)
     started = time.perf_counter()
-    target = runtime.export(model, processor, options.output_dir, quantization)
+    written: list[str] = []  # where the runtime loads from, relative to the folder
+
+    def write(folder: str) -> None:
+        written.append(os.path.relpath(runtime.export(model, processor, folder, quantization), folder))
+        with open(os.path.join(folder, RECORD), "w", encoding="utf-8") as handle:
+            json.dump({"model": os.path.abspath(saved.model) if os.path.isdir(saved.model) else saved.model,
+                       "format": options.format, "quantization": quantization}, handle, indent=2)
+
+    # Written beside the folder and swapped in when complete: a failed export leaves the old one.
+    replace_folder(options.output_dir, write)
+    target = os.path.normpath(os.path.join(options.output_dir, written[0]))
     size = sum(os.path.getsize(os.path.join(root, name)) for root, _, names in os.walk(options.output_dir)
                for name in names)
     print(f"exported {saved.model} to {target} ({options.format}, {quantization}, {size / 1e6:.1f} MB) "
@@ -132,22 +144,22 @@ def export(options: ExportConfig, saved: SavedModelConfig) -> str:
 def _refuse_overlap(model: str, output_dir: str) -> None:
     """The export never replaces its own input: --output_dir may not be the model's folder, nor
     inside it, nor hold it."""
-    if not os.path.isdir(model):
-        return  # a Hub id
-    source, target = os.path.realpath(model), os.path.realpath(output_dir)
-    if source == target or source.startswith(target + os.sep) or target.startswith(source + os.sep):
+    if os.path.isdir(model) and overlaps(model, output_dir):
         raise UserError(f"--output_dir {output_dir} overlaps --model {model} (the same folder, or one inside the "
                         "other); the export would replace what it reads. Choose another --output_dir")
 
 
-def _prepare_output(output_dir: str, overwrite: bool) -> None:
-    if os.path.isfile(output_dir):
+def _check_output(output_dir: str, overwrite: bool) -> None:
+    """A new or empty folder, or (with --overwrite_output_dir) an earlier export: never a folder
+    this command did not write."""
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
         raise UserError(f"--output_dir {output_dir}: a file, not a folder")
     if os.path.isdir(output_dir) and os.listdir(output_dir):
         if not overwrite:
             raise UserError(f"--output_dir {output_dir} is not empty; add --overwrite_output_dir to replace it")
-        shutil.rmtree(output_dir)
-    os.makedirs(output_dir, exist_ok=True)
+        if not os.path.isfile(os.path.join(output_dir, RECORD)):
+            raise UserError(f"--output_dir {output_dir} holds files this command did not write (no {RECORD}); "
+                            "--overwrite_output_dir replaces only an earlier export. Choose a new or empty folder")
 
 
 def _load(model_path: str):

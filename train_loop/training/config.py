@@ -11,12 +11,14 @@ implementations, so adding one is one entry there.
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from ..core.errors import UserError
 from ..core.flags import Check, at_least, between, check_fields, flag, parse_sections, positive
 from ..core.model import ModelConfig
+from ..core.paths import overlaps
 from ..data.config import DataConfig, FilterConfig, SourceConfig
 from ..evaluation.config import (
     DecodingConfig,
@@ -221,6 +223,13 @@ def validate_train_config(config: TrainConfig) -> None:
                                   for name, package in missing))
     if "none" in tr.report_to and len(tr.report_to) > 1:
         raise UserError(f"--report_to {' '.join(tr.report_to)}: 'none' cannot be combined with a tracker")
+    inputs = {"--model_name_or_path": config.model.model_name_or_path, "--data_dir": src.data_dir,
+              "--guard_data_dir": ev.guard_data_dir, "--cache_dir": src.cache_dir}
+    for name, path in inputs.items():
+        if path and os.path.exists(path) and overlaps(tr.output_dir, path):
+            raise UserError(f"--output_dir {tr.output_dir} overlaps {name} {path} (the same folder, or one inside "
+                            "the other): a run's folder is its own, and --overwrite_output_dir would delete the "
+                            f"other. Choose another --output_dir")
     if tr.overwrite_output_dir and ck.resume_from:
         raise UserError("--overwrite_output_dir deletes the run that --resume_from would continue; give one")
     if src.streaming and tr.max_steps <= 0:
