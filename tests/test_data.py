@@ -170,3 +170,27 @@ def test_stream_resumes_exactly_from_its_state_and_reshuffles_each_epoch(tmp_pat
         second.load_state_dict(torch.load(io.BytesIO(saved.getvalue()), weights_only=False))
         seen += [next(second)["ids"] for _ in range(24 - stop)]
         assert seen == uninterrupted, f"resumed after batch {stop}"
+
+
+@pytest.mark.unit
+def test_a_clip_far_too_loud_and_paths_that_leave_the_split_are_counted_skips(tmp_path, processor):
+    """A float WAV written without scaling (samples of 1e30) would give NaN features; a manifest
+    row pointing into another split is a leak; ./x.wav and x.wav are one clip."""
+    import soundfile as sf
+
+    from train_loop.data.sources import DUPLICATE_ROW, OUTSIDE_ROW
+
+    root = write_audiofolder(tmp_path / "data", {"train": SENTENCES[:3], "validation": SENTENCES[:1]})
+    train = root / "train"
+    sf.write(train / "loud.wav", np.full(16000, 1e30, dtype=np.float32), 16000, subtype="FLOAT")
+    with open(train / "metadata.csv", "a", encoding="utf-8") as handle:
+        handle.write("loud.wav,Гучна.\n../validation/validation-000.wav,Уцечка.\n"
+                     f"{root / 'validation' / 'validation-000.wav'},Уцечка.\n./train-000.wav,{SENTENCES[0]}\n")
+    rows = load_rows(SourceConfig(data_dir=str(root)), "train")
+    assert len(rows.dropped[OUTSIDE_ROW]) == 2 and len(rows.dropped[DUPLICATE_ROW]) == 1
+    prepared = prepare_split(rows, featurizer_for(processor, DataConfig(), "belarusian"), FILTERS,
+                             str(tmp_path / "cache"), num_proc=1, cache_key="k")
+    prepared.report.add_left_out(rows.dropped)
+    assert prepared.report.skipped[SKIP_UNREADABLE] == 1 and "far outside audio's [-1, 1]" in prepared.report.summary()
+    assert prepared.report.skipped[OUTSIDE_ROW] == 2 and prepared.report.skipped[DUPLICATE_ROW] == 1
+    assert sorted(prepared[i]["id"] for i in range(len(prepared))) == [f"train/train-00{i}.wav" for i in range(3)]

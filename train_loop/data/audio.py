@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 SAMPLING_RATE = 16_000
+MAX_PEAK = 1e3  # 60 dB above full scale: no recording, only a file written wrongly
 
 
 class AudioDecodeError(Exception):
@@ -69,6 +70,12 @@ def decode_audio(audio: Any, sampling_rate: int = SAMPLING_RATE) -> np.ndarray:
         raise AudioDecodeError(f"{audio_reference(audio)}: no samples")
     if not np.all(np.isfinite(waveform)):
         raise AudioDecodeError(f"{audio_reference(audio)}: contains NaN or infinite samples")
+    peak = float(np.abs(waveform).max())
+    if peak > MAX_PEAK:
+        # Audio lives in [-1, 1] (a float file may clip a little above). Samples a million times
+        # louder make log-mel features overflow to NaN: the clip would train on garbage.
+        raise AudioDecodeError(f"{audio_reference(audio)}: samples reach {peak:.3g}, far outside audio's "
+                               "[-1, 1] (a float file written without scaling?)")
     if source_rate != sampling_rate:
         import soxr
 

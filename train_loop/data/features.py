@@ -28,6 +28,7 @@ SKIP_TOO_SHORT = "shorter than --min_duration_in_seconds"
 SKIP_TOO_LONG = "longer than --max_duration_in_seconds"
 SKIP_LABEL_TOO_LONG = "transcript longer than --max_label_length tokens"
 SKIP_OVER_WINDOW = "longer than the model's input window"
+SKIP_NONFINITE_FEATURES = "log-mel features not finite"
 
 
 @dataclass
@@ -142,6 +143,9 @@ class Featurizer:
             example["skip_reason"] = SKIP_OVER_WINDOW
             return example
         example["input_features"], example["pad_value"] = self.log_mel(waveform)
+        if not (np.isfinite(example["input_features"]).all() and math.isfinite(example["pad_value"])):
+            example.update(skip_reason=SKIP_NONFINITE_FEATURES, detail=f"{row_id}: log-mel features not finite",
+                           input_features=None)
         return example
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from .config import default_cache_dir
-from .features import SKIP_UNREADABLE, Featurizer, Filters, SkipReport
+from .features import SKIP_NONFINITE_FEATURES, SKIP_UNREADABLE, Featurizer, Filters, SkipReport
 from .sources import RowSource, content_hash
 
 PREPARE_BATCH_SIZE = 16  # rows per map() call: small, so progress and memory stay smooth
@@ -116,7 +116,7 @@ def prepare_split(source: RowSource, featurizer: Featurizer, filters: Filters, c
             meta["skip_reason"], meta["detail"], meta["duration"], meta["label_tokens"])):
         reason = reason or filters.reason(duration, label_tokens)
         if reason:
-            report.add(reason, detail if reason == SKIP_UNREADABLE else "")
+            report.add(reason, detail if reason in (SKIP_UNREADABLE, SKIP_NONFINITE_FEATURES) else "")
         else:
             keep.append(position)
     return PreparedSplit(table, np.asarray(keep, dtype=np.int64), report)

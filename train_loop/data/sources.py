@@ -135,6 +135,7 @@ def _load_local(source: SourceConfig, split: str, streaming: bool) -> RowSource:
 
 MALFORMED_ROW = "malformed manifest row"
 DUPLICATE_ROW = "duplicate manifest row"
+OUTSIDE_ROW = "audio path outside the split's folder"
 
 
 @dataclass
@@ -162,7 +163,12 @@ def _read_manifest(path: str, delimiter: str, audio_column: str, text_column: st
             dropped.setdefault(MALFORMED_ROW, []).append(
                 f"{name} line {line}: {fields} fields, the header has {len(columns)}")
             continue
-        clip = row[audio_column]
+        clip = os.path.normpath(row[audio_column] or "")
+        if os.path.isabs(clip) or clip == ".." or clip.startswith(".." + os.sep):
+            # ../validation/x.wav or /data/test/x.wav: a clip of another split (a leak) or none of this data.
+            dropped.setdefault(OUTSIDE_ROW, []).append(f"{name} line {line}: {row[audio_column]}")
+            continue
+        row[audio_column] = clip  # ./x.wav and x.wav are one file: the duplicate check below sees it
         if clip in first_line:
             earlier, earlier_text = first_line[clip]
             if earlier_text != row[text_column]:
