@@ -583,3 +583,28 @@ def test_a_checkpoint_file_that_would_run_code_is_refused_and_never_run(saved_ru
                       *args[args.index("--max_steps") + 2:], "--resume_from", "latest"])
     one_line_error(result, "refused to load a file that holds more than plain data and tensors")
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("change, named", [
+    ({"ema_decay": None}, "--ema_decay none (the checkpoint: 0.9)"),
+    ({"use_lora": "true"}, "--use_lora true (the checkpoint: false)"),
+    ({"freeze_encoder": "true"}, "--freeze_encoder true (the checkpoint: false)"),
+    ({"optim": "adafactor"}, "--optim adafactor (the checkpoint: adamw_fused)"),
+])
+def test_a_resume_with_flags_the_checkpoint_does_not_fit_is_one_line(saved_run, tmp_path, capsys, change, named):
+    import shutil
+
+    source, args = saved_run
+    out = tmp_path / "run"
+    shutil.copytree(source, out)
+    args = [str(out) if arg == str(source) else arg for arg in args]
+    flags = dict(zip(args[::2], args[1::2]))
+    flags.update({"--max_steps": "3", "--resume_from": "latest"})
+    for name, value in change.items():
+        if value is None:
+            flags.pop(f"--{name}")
+        else:
+            flags[f"--{name}"] = value
+    assert train_main.main([item for pair in flags.items() for item in pair]) == 2
+    err = capsys.readouterr().err
+    assert named in err and "resume with those, or start a new run" in err and "Traceback" not in err

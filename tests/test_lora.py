@@ -95,3 +95,34 @@ def test_lora_with_a_frozen_encoder_adapts_the_decoder_only(tiny_model_dir):
         assert any(".decoder." in name for name in trained)
         assert any(".encoder." in name for name in trained) is encoder_trains
         assert adapters.whisper() is model.get_base_model()
+
+
+@pytest.mark.unit
+def test_an_adapter_only_checkpoint_is_never_taken_for_a_model(tiny_model_dir, tmp_path, capsys):
+    """A LoRA run's checkpoint-N holds the adapters alone: evaluate, transcribe and export say what
+    to pass instead of loading a Whisper whose base weights are random."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    from train_loop import evaluate as evaluate_cli
+    from train_loop import export as export_cli
+    from train_loop import transcribe as transcribe_cli
+
+    checkpoint = tmp_path / "run" / "checkpoint-2"
+    shutil.copytree(tiny_model_dir, checkpoint)
+    save_file({"base_model.model.model.decoder.layers.0.self_attn.q_proj.lora_A.default.weight": torch.zeros(4, 32)},
+              checkpoint / "model.safetensors")
+    sf_path = tmp_path / "x.wav"
+    import soundfile as sf
+
+    sf.write(sf_path, tone(1.0), 16000)
+    commands = [
+        (evaluate_cli.main, ["--model", str(checkpoint), "--data_dir", str(tmp_path)]),
+        (transcribe_cli.main, ["--model", str(checkpoint), str(sf_path)]),
+        (export_cli.main, ["--model", str(checkpoint), "--format", "ggml", "--output_dir", str(tmp_path / "e")]),
+    ]
+    for main, args in commands:
+        assert main(args) == 2
+        assert f"--model {checkpoint} holds only LoRA adapters" in capsys.readouterr().err
+    assert not (tmp_path / "e").exists()

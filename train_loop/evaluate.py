@@ -64,7 +64,7 @@ def evaluate_model(options: EvaluateConfig, source: SourceConfig, saved: SavedMo
     import torch
     from accelerate import Accelerator
 
-    from .core.model import load_model, load_processor, model_language
+    from .core.model import load_model, load_processor, model_language, refuse_adapters_only
     from .core.processes import reset_accelerator_settings
     from .core.text import get_normalizer
     from .data.build import build_eval_set
@@ -79,6 +79,7 @@ def evaluate_model(options: EvaluateConfig, source: SourceConfig, saved: SavedMo
     output_dir = options.output_dir or (saved.model if os.path.isdir(saved.model) else "eval-results")
     reset_accelerator_settings()
     accelerator = Accelerator(mixed_precision=options.mixed_precision, cpu=not torch.cuda.is_available())
+    refuse_adapters_only(saved.model, "--model")
     token_language = model_language(saved.model, saved.language) or "be"
     processor = load_processor(saved.model, token_language, saved.task)
     model = accelerator.prepare(load_model(ModelConfig(

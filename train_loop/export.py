@@ -166,6 +166,9 @@ def _load(model_path: str):
     import torch
     from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
+    from .core.model import refuse_adapters_only
+
+    refuse_adapters_only(model_path, "--model")
     try:
         processor = WhisperProcessor.from_pretrained(model_path)
         model = WhisperForConditionalGeneration.from_pretrained(model_path, dtype=torch.float32)

@@ -94,10 +94,27 @@ def model_language(name_or_path: str, language: str | None) -> str | None:
         return language
 
 
+def refuse_adapters_only(path: str, flag: str) -> None:
+    """A LoRA run's checkpoint-N holds only the adapters: loaded as a Whisper, every base weight
+    would be random (WER 200%, an 8 MB "export") while the command exits 0. One line instead."""
+    weights = os.path.join(path, "model.safetensors")
+    if not os.path.isfile(weights):
+        return
+    from safetensors import safe_open
+
+    with safe_open(weights, framework="pt") as handle:
+        names = list(handle.keys())
+    if names and all(".lora_" in name for name in names):
+        raise UserError(f"{flag} {path} holds only LoRA adapters (a checkpoint of a --use_lora run), not a whole "
+                        "Whisper. Give the run's --output_dir (its final model, adapters merged), or finish the run "
+                        "with --resume_from to get one")
+
+
 def load_model(config: ModelConfig, processor):
     import torch
     from transformers import WhisperForConditionalGeneration
 
+    refuse_adapters_only(config.model_name_or_path, "--model_name_or_path")
     try:
         model = WhisperForConditionalGeneration.from_pretrained(
             config.model_name_or_path, attn_implementation=config.attn_implementation,

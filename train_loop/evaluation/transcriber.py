@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..core.errors import UserError
-from ..core.model import decoding_language
+from ..core.model import decoding_language, refuse_adapters_only
 
 
 @dataclass
@@ -30,6 +30,7 @@ class Transcriber:
         import torch
         from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
+        refuse_adapters_only(model_path, "--model")
         try:
             self.processor = WhisperProcessor.from_pretrained(model_path)
             self.device = torch.device("cuda" if device == "cuda" or (device == "auto" and torch.cuda.is_available())

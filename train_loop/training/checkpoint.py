@@ -321,7 +321,15 @@ def load_checkpoint(accelerator, path: str, lora: bool = False, ema=None) -> Tra
         # ones: read them first (as it does, tensors and numpy's RNG only), so a bad file stops here.
         if os.path.isfile(rng_file) and "random_state" not in accelerate_load(rng_file):
             raise UserError(f"{rng_file}: holds no random states; the checkpoint is damaged, resume from another")
-        accelerator.load_state(path, **({"strict": False} if adapters_only else {}))
+        try:
+            accelerator.load_state(path, **({"strict": False} if adapters_only else {}))
+        except (RuntimeError, ValueError, KeyError) as err:
+            if not any(sign in str(err) for sign in ("size mismatch", "Missing key", "Unexpected key",
+                                                     "parameter group", "state_dict")):
+                raise
+            first = str(err).strip().splitlines()[0][:200]
+            raise UserError(f"--resume_from {path}: what it holds does not fit this run's model ({first}); resume "
+                            "with the original run's --model_name_or_path and flags") from None
     if ema is not None:
         load_weight_average(ema, path)
     return TrainerState.from_file(os.path.join(path, STATE_FILE))

@@ -10,7 +10,10 @@ with the same flags continues exactly. Anything else is named, one line per diff
   goes on where it stopped (only the grouping into steps changes);
 * different training rows, streaming on/off, or a stream read by a different number of
   processes x workers: continuing the saved position would be wrong, so this is an error
-  unless ``--reset_data_position`` starts a fresh epoch (weights, optimizer and step kept).
+  unless ``--reset_data_position`` starts a fresh epoch (weights, optimizer and step kept);
+* flags that decide what the checkpoint holds (LoRA and its shape, the weight average, a frozen
+  encoder, the optimizer, for LoRA the base model): one line naming the flag, before anything
+  is loaded (``check_saved_flags``).
 """
 
 from __future__ import annotations
@@ -32,6 +35,31 @@ LAYOUT_FLAGS = {
     "streaming": "--streaming",
     "group_by_length": "--group_by_length",
 }
+
+
+# Flags whose change makes the checkpoint's weights or optimizer state not fit the model: a
+# resume with another value would fail deep inside a load (size mismatch, parameter groups).
+STATE_FLAGS = ("use_lora", "lora_r", "lora_target_modules", "freeze_encoder", "optim")
+
+
+def check_saved_flags(path: str, flags: dict[str, Any]) -> None:
+    """Refuse, in one line, a resume whose flags no longer fit what checkpoint ``path`` holds."""
+    saved = read_json(os.path.join(path, "run_config.json"))
+    changed = [name for name in STATE_FLAGS if name in saved and saved[name] != flags.get(name)]
+    if "ema_decay" in saved and (saved["ema_decay"] is None) != (flags.get("ema_decay") is None):
+        changed.append("ema_decay")
+    if flags.get("use_lora") and saved.get("use_lora") and saved.get("model_name_or_path") != flags.get(
+            "model_name_or_path"):
+        changed.append("model_name_or_path")  # adapters belong to the base model they were trained on
+    if changed:
+        differences = "; ".join(f"--{name} {_shown(flags.get(name))} (the checkpoint: {_shown(saved.get(name))})"
+                                for name in changed)
+        raise UserError(f"--resume_from {path}: {differences}. What the checkpoint holds fits its own flags; resume "
+                        "with those, or start a new run in another --output_dir")
+
+
+def _shown(value: Any) -> str:
+    return "none" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def run_layout(config, accelerator, train_batches: TrainBatches) -> dict[str, Any]:

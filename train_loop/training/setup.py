@@ -47,7 +47,7 @@ from .lora import Adapters, apply_lora, keep_only_adapters_in_checkpoints, param
 from .optim import build_optimizer
 from .precision import check_precision_supported, frozen_weights_fp32
 from .preemption import StopOnSignal
-from .resume import describe, resume, run_layout
+from .resume import check_saved_flags, describe, resume, run_layout
 from .rundir import claim_output_dir
 from .schedule import LRSchedule
 
@@ -371,6 +371,7 @@ def start_or_resume(config: TrainConfig, session: Session, train_batches: TrainB
     """The trainer state to start from and the schedule to follow (a resume may extend it)."""
     layout = run_layout(config, session.accelerator, train_batches)
     if session.resume_path:
+        check_saved_flags(session.resume_path, config.to_flat_dict())
         state, schedule, notes = resume(session.resume_path, session.accelerator, train_batches, layout, schedule,
                                         config.checkpoint.reset_data_position, lora=lora, ema=ema)
         session.logger.info(f"resumed from {session.resume_path} at {describe(state)}")
