@@ -36,6 +36,14 @@ def test_every_saved_folder_has_preprocessor_config_and_a_model_card_with_the_re
         front = yaml.safe_load(card.split("---")[1])
         assert front["language"] == ["be"] and front["pipeline_tag"] == "automatic-speech-recognition"
         assert "faster_whisper" in card and "whisper-cli" in card and "pipeline(" in card
+        # The flags as the run used them: the precision it ran in, no unused epoch count.
+        assert "| `--mixed_precision` | `no` |" in card and "num_train_epochs" not in card
+    # Every file of the final model is readable as the umask says (transformers writes its
+    # weights 0600: a shared model folder would be half unreadable).
+    mask = os.umask(0)
+    os.umask(mask)
+    modes = {path.name: path.stat().st_mode & 0o777 for path in finished_run.iterdir() if path.is_file()}
+    assert modes["model.safetensors"] == modes["config.json"] == 0o666 & ~mask
     front = yaml.safe_load((finished_run / "README.md").read_text().split("---")[1])
     entries = front["model-index"][0]["results"]
     test_entry = [e for e in entries if e["dataset"]["split"] == "test"][0]

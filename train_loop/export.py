@@ -134,8 +134,8 @@ def export(options: ExportConfig, saved: SavedModelConfig) -> str:
     # Written beside the folder and swapped in when complete: a failed export leaves the old one.
     replace_folder(options.output_dir, write)
     target = os.path.normpath(os.path.join(options.output_dir, written[0]))
-    size = sum(os.path.getsize(os.path.join(root, name)) for root, _, names in os.walk(options.output_dir)
-               for name in names)
+    size = os.path.getsize(target) if os.path.isfile(target) else sum(
+        os.path.getsize(os.path.join(root, name)) for root, _, names in os.walk(target) for name in names)
     print(f"exported {saved.model} to {target} ({options.format}, {quantization}, {size / 1e6:.1f} MB) "
           f"in {time.perf_counter() - started:.1f} s", flush=True)
     return target

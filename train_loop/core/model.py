@@ -190,6 +190,18 @@ def save_model_folder(model, folder: str, weights: dict[str, Any], dtype: str = 
     model.save_pretrained(folder, state_dict=weights)
     model.config.dtype = dtype
     model.config.save_pretrained(folder)
+    follow_umask(folder)
+
+
+def follow_umask(folder: str) -> None:
+    """transformers writes model.safetensors readable by its owner only (0600) while every other
+    file follows the umask (0644 usually): a shared model folder would be half unreadable."""
+    mask = os.umask(0)
+    os.umask(mask)
+    for name in os.listdir(folder):
+        path = os.path.join(folder, name)
+        if os.path.isfile(path) and not os.path.islink(path) and os.stat(path).st_mode & 0o777 == 0o600:
+            os.chmod(path, 0o666 & ~mask)
 
 
 def save_processor(processor, folder: str) -> None:

@@ -85,7 +85,9 @@ def model_card(run_config: dict[str, Any], evaluations: list[dict[str, Any]], be
     else:
         lines.append("No evaluation yet.")
     lines += ["", _NORMALIZER_NOTES.get(normalizer, ""), "", "## Training", "", "| flag | value |", "|---|---|"]
-    lines += [f"| `--{flag}` | `{run_config[flag]}` |" for flag in _TRAINING_FLAGS if flag in run_config]
+    shown = [flag for flag in _TRAINING_FLAGS if flag in run_config
+             and not (flag == "num_train_epochs" and (run_config.get("max_steps") or -1) > 0)]  # unused then
+    lines += [f"| `--{flag}` | `{run_config[flag]}` |" for flag in shown]
     if train_clips:
         lines += ["", f"Training clips used: {train_clips:,} (every skipped clip is listed in the run's train.log)."]
     lines += ["", "## Usage", "", "transformers:", "", "```python", "from transformers import pipeline", "",

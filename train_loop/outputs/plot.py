@@ -68,8 +68,13 @@ def draw_curves(records: list[dict], title: str):
         axis.set_xlabel("optimizer step")
         axis.grid(alpha=0.3)
         if drawn:
-            if scale == "log" and all(v > 0 for key, _ in keys for v in _series(records, key)[1]):
+            values = [v for key, _ in keys for v in _series(records, key)[1]]
+            if scale == "log" and all(v > 0 for v in values):
                 axis.set_yscale("log")
+            elif panel_title.startswith("evaluation") and max(values) > 100:
+                # Before fine-tuning WER runs to 1000%+; on a linear axis every later point sits on
+                # the floor. Linear up to 10%, logarithmic above: both ends readable.
+                axis.set_yscale("symlog", linthresh=10)
             if len(keys) > 1:
                 axis.legend()
         else:

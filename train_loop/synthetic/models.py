@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from ..core.model import ASSETS, save_processor
+from ..core.model import ASSETS, follow_umask, save_processor
 
 
 def build_tiny_whisper(output_dir: str, chunk_length: int = 10, d_model: int = 64,
@@ -75,4 +75,5 @@ def build_random_whisper(output_dir: str, chunk_length: int = 30, seed: int = 0,
     model.generation_config = generation
     model.save_pretrained(output_dir)
     save_processor(WhisperProcessor(feature_extractor=feature_extractor, tokenizer=tokenizer), output_dir)
+    follow_umask(output_dir)
     return output_dir

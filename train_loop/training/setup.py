@@ -73,6 +73,9 @@ def session(config: TrainConfig) -> Iterator[Session]:
     and the log; on leaving, give back the signal handlers, the lock and the kernel settings."""
     deterministic_before = use_deterministic_kernels(config.training.deterministic)
     accelerator = build_accelerator(config)
+    # The precision the run uses (the flag, or else the accelerate config): what checkpoints, the
+    # model card and the log record, instead of "None".
+    config.training.mixed_precision = accelerator.mixed_precision
     stop_signal = StopOnSignal(accelerator)
     lock = None
     try:
