@@ -79,14 +79,16 @@ def test_every_set_gets_its_own_rates_file_and_table_row_and_the_guard_its_langu
     ({"eval_split_name": "validation,validation"}, "a set is named twice"),
     ({"metric_for_best_model": "eval_guard_wer"}, "--metric_for_best_model eval_guard_wer: not a quality metric"),
     ({"guard_language": "xx"}, "--guard_language xx: not a language Whisper knows"),
+    ({"guard_split_name": "dev"}, "--guard_data_dir"),  # the guard's folder is named by its own flag
 ])
 def test_bad_evaluation_set_flags_are_one_line_errors(tiny_model_dir, dataset_dir, tmp_path, capsys, extra,
                                                       expected, guard_dir):
-    if extra.get("guard_language"):
+    if extra.get("guard_language") or extra.get("guard_split_name"):
         extra = {**extra, "guard_data_dir": guard_dir}
     code = train_main.main(train_args(tiny_model_dir, dataset_dir, tmp_path / "run", tmp_path / "c", **extra))
     assert code == 2
-    assert expected in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert expected in err and (" --data_dir" not in err or "guard_split_name" not in extra)
 
 
 def test_prepare_only_prepares_every_split_and_trains_nothing(tiny_model_dir, dataset_dir, tmp_path, capsys):

@@ -268,6 +268,28 @@ def test_a_manifest_in_another_encoding_names_the_file_line_and_fix(tmp_path):
     with pytest.raises(UserError, match=r"metadata.csv is not UTF-8 text \(line 2, byte 0xc4\)\. Save it as UTF-8, "
                                         r"e.g. `iconv -f CP1251 -t UTF-8"):
         load_rows(SourceConfig(data_dir=str(root)), "train")
+    utf16 = _table(tmp_path / "u", ["file_name,sentence", "0.wav,Добры дзень"], encoding="utf-16")
+    with pytest.raises(UserError, match=r"metadata.csv is UTF-16 text; save it as UTF-8, e.g. `iconv -f UTF-16"):
+        load_rows(SourceConfig(data_dir=str(utf16)), "train")
+
+
+@pytest.mark.unit
+def test_a_start_stopped_before_training_can_be_run_again_and_advice_never_points_at_a_missing_checkpoint(tmp_path):
+    from train_loop.training.rundir import claim_output_dir
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "train.log").write_text("whisper train_loop | 1 process(es) on cpu\n")
+    (out / "metrics.jsonl").write_text("")
+    claim_output_dir(str(out), resuming=False, overwrite=False).release()  # the same command works again
+    assert not (out / "train.log").exists()
+    (out / "metrics.jsonl").write_text('{"step": 3, "loss": 2.5}\n')  # it trained, saved nothing
+    with pytest.raises(UserError) as err:
+        claim_output_dir(str(out), resuming=False, overwrite=False)
+    assert "no checkpoint to continue from" in str(err.value) and "--resume_from" not in str(err.value)
+    (out / "checkpoint-3").mkdir()
+    with pytest.raises(UserError, match="Continue it with --resume_from latest"):
+        claim_output_dir(str(out), resuming=False, overwrite=False)
 
 
 def test_bom_malformed_and_duplicate_rows_are_accepted_counted_and_named(tiny_model_dir, tmp_path, capsys):

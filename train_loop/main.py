@@ -46,9 +46,19 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_STOPPED
     except KeyboardInterrupt:
         print("stopped at once (second Ctrl-C), without a new checkpoint; an unfinished one is removed at "
-              "the next start. Continue with the same command plus --resume_from latest",
-              file=sys.stderr, flush=True)
+              f"the next start. {_how_to_continue(argv)}", file=sys.stderr, flush=True)
         return EXIT_INTERRUPTED
+
+
+def _how_to_continue(argv: list[str] | None) -> str:
+    """Resume advice that holds: only a run with a checkpoint can be resumed."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    output_dir = args[args.index("--output_dir") + 1] if "--output_dir" in args[:-1] else None
+    saved = output_dir and os.path.isdir(output_dir) and any(
+        name.startswith("checkpoint-") and not name.endswith(".partial") for name in os.listdir(output_dir))
+    if saved:
+        return "Continue with the same command plus --resume_from latest"
+    return "No checkpoint was saved yet: run the same command again (with --overwrite_output_dir if it says so)"
 
 
 def run(config: TrainConfig, argv: list[str]) -> int:

@@ -183,8 +183,14 @@ def _read_manifest(path: str, delimiter: str, audio_column: str, text_column: st
 
 def _read_table(path: str, delimiter: str) -> tuple[list[str], list[tuple[int, dict]]]:
     """(header, [(line number, row)]) of a delimited UTF-8 file (a BOM is accepted)."""
-    with open(path, "rb") as handle:
-        data = handle.read()
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except OSError as err:  # unreadable is not missing: say which, and why
+        raise UserError(f"{path}: cannot be read ({err.strerror or err}); check its permissions") from None
+    if data[:2] in (b"\xff\xfe", b"\xfe\xff"):  # a UTF-16 byte-order mark (Excel's "Unicode text")
+        raise UserError(f"{path} is UTF-16 text; save it as UTF-8, e.g. `iconv -f UTF-16 -t UTF-8 {path} > fixed "
+                        f"&& mv fixed {path}`")
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as err:

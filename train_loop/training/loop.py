@@ -172,7 +172,8 @@ def raise_diverged(run: Run, progress: Progress, learning_rate: float) -> None:
         f"stopped at step {state.step}: the last {streak} steps had NaN or infinite gradients (their "
         f"updates were skipped; the last applied update was at step {state.step - streak}); {latest}. "
         f"Lower --learning_rate (it was {learning_rate:.3g} at that step) or --max_grad_norm, then "
-        "resume with --resume_from latest (--max_nonfinite_steps sets how many such steps are tolerated)")
+        + ("resume with --resume_from latest" if found else "start again with --overwrite_output_dir")
+        + " (--max_nonfinite_steps sets how many such steps are tolerated)")
 
 
 def log_sample_ids(run: Run, progress: Progress, micro_batches: list[dict[str, Any]]) -> None:

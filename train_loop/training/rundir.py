@@ -78,6 +78,18 @@ def other_run_files(output_dir: str) -> list[str]:
                   if name in RUN_FILES or name.startswith("checkpoint-"))
 
 
+def _stopped_before_training(output_dir: str, found: list[str]) -> bool:
+    """Whether the folder holds only the log of a start that never reached a training step."""
+    if not set(found) <= {"metrics.jsonl", "train.log"}:
+        return False
+    metrics = os.path.join(output_dir, "metrics.jsonl")
+    if os.path.isfile(metrics):
+        with open(metrics, encoding="utf-8", errors="replace") as handle:
+            if any('"loss"' in line for line in handle):
+                return False
+    return True
+
+
 def claim_output_dir(output_dir: str, resuming: bool, overwrite: bool) -> RunLock:
     """Make ``output_dir`` this run's (main process only); returns the lock to release at the end."""
     if os.path.exists(output_dir) and not os.path.isdir(output_dir):
@@ -91,12 +103,20 @@ def claim_output_dir(output_dir: str, resuming: bool, overwrite: bool) -> RunLoc
     except OSError as err:
         raise UserError(f"--output_dir {output_dir}: cannot write there ({err.strerror or err})") from None
     found = other_run_files(output_dir)
+    if found and not resuming and not overwrite and _stopped_before_training(output_dir, found):
+        # A start stopped while loading or preparing data leaves only its log: running the same
+        # command again must work (there is nothing to resume and nothing to lose).
+        print(f"{output_dir} holds only the log of a start that stopped before its first step: starting over",
+              flush=True)
+        overwrite = True
     if found and not resuming:
         if not overwrite:
             lock.release()
             shown = ", ".join(found[:4]) + (", ..." if len(found) > 4 else "")
-            raise UserError(f"--output_dir {output_dir} holds another run ({shown}). Continue it with "
-                            "--resume_from latest, delete it with --overwrite_output_dir, or choose another "
+            resumable = any(name.startswith("checkpoint-") and not name.endswith(".partial") for name in found)
+            advice = ("Continue it with --resume_from latest, delete it with --overwrite_output_dir, "
+                      if resumable else "It has no checkpoint to continue from: delete it with --overwrite_output_dir ")
+            raise UserError(f"--output_dir {output_dir} holds another run ({shown}). {advice}or choose another "
                             "--output_dir")
         for name in os.listdir(output_dir):
             if name == LOCK_NAME:

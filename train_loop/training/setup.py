@@ -263,9 +263,13 @@ def evaluation_sets(config: TrainConfig, processor, session: Session) -> list[Ev
         source = SourceConfig(data_dir=ev.guard_data_dir, cache_dir=config.source.cache_dir,
                               preprocessing_num_workers=config.source.preprocessing_num_workers)
         source.kind()
-        guard = build_eval_set(source, config.data, processor, session.accelerator, ev.guard_split_name,
-                               batch_size=config.speed.per_device_eval_batch_size, max_samples=ev.guard_max_samples,
-                               eval_normalizer=ev.guard_normalizer, streaming=False)
+        try:
+            guard = build_eval_set(source, config.data, processor, session.accelerator, ev.guard_split_name,
+                                   batch_size=config.speed.per_device_eval_batch_size,
+                                   max_samples=ev.guard_max_samples, eval_normalizer=ev.guard_normalizer,
+                                   streaming=False)
+        except UserError as err:  # the guard's folder came from --guard_data_dir, not --data_dir
+            raise UserError(str(err).replace("--data_dir", "--guard_data_dir")) from None
         if guard.report is not None:
             session.logger.info(f"forgetting guard ({language}, {ev.guard_data_dir}): {guard.report.summary()}")
         targets.append(EvalTarget("guard", guard, dataclasses.replace(generation, language=language),
