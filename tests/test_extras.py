@@ -78,6 +78,49 @@ def test_a_deepspeed_launch_without_deepspeed(without, monkeypatch, tmp_path):
 
     without("deepspeed")
     monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
-    config = parse_train_config(["--data_dir", str(tmp_path), "--output_dir", str(tmp_path / "run")])
+    (tmp_path / "data").mkdir()
+    config = parse_train_config(["--data_dir", str(tmp_path / "data"), "--output_dir", str(tmp_path / "run")])
     with pytest.raises(UserError, match=r"pip install '\.\[deepspeed\]'"):
         build_accelerator(config)
+
+
+def test_a_full_disk_or_a_read_only_folder_is_one_line_in_every_command(capsys):
+    """The tools share run_tool: an OSError the user fixes (space, permissions) is one line naming
+    the file; any other OSError is a bug and keeps its traceback."""
+    import errno
+
+    from train_loop.core.console import run_tool
+
+    def full():
+        raise OSError(errno.ENOSPC, "No space left on device", "/out/model.safetensors")
+
+    def read_only():
+        raise OSError(errno.EROFS, "Read-only file system", "/out")
+
+    assert run_tool(full) == 2
+    assert capsys.readouterr().err == ("error: /out/model.safetensors: No space left on device; free some space or "
+                                       "choose another folder\n")
+    assert run_tool(read_only) == 2
+    assert "error: /out: Read-only file system; the file system is read-only" in capsys.readouterr().err
+
+    def bug():
+        raise OSError(errno.EBADF, "Bad file descriptor")
+
+    with pytest.raises(OSError):
+        run_tool(bug)
+
+
+def test_the_app_on_a_busy_port_is_one_line_before_it_says_serving(tmp_path, capsys):
+    import socket
+
+    pytest.importorskip("gradio")
+    from train_loop import app
+
+    (tmp_path / "metrics.jsonl").write_text("")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert app.main([str(tmp_path), "--port", str(port)]) == 2
+    captured = capsys.readouterr()
+    assert f"error: --port {port} on 127.0.0.1:" in captured.err and "serving" not in captured.out

@@ -429,7 +429,7 @@ def test_a_second_ctrl_c_ends_the_command_with_130_and_one_line(monkeypatch, cap
         raise KeyboardInterrupt
 
     monkeypatch.setattr(setup, "session", interrupted)
-    code = train_main.main(["--model_name_or_path", "m", "--data_dir", str(tmp_path), "--output_dir",
+    code = train_main.main(["--model_name_or_path", "m", "--data_dir", str(tmp_path / "data"), "--output_dir",
                             str(tmp_path / "run")])
     err = capsys.readouterr().err
     assert code == 130

@@ -436,11 +436,24 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
         os.environ.setdefault("GRADIO_TEMP_DIR", tempfile.mkdtemp(prefix="train-loop-app-"))  # never the run folder
         run = RunFolder(run_dir)
+        _check_port_free(options.host, options.port)
         page, theme = build_page(run, options.compare, parsed["decoding"].generation_max_length)
         print(f"serving {run_dir} at http://{options.host}:{options.port} (Ctrl-C stops)", flush=True)
         page.launch(server_name=options.host, server_port=options.port, theme=theme, show_error=True, quiet=True)
 
     return run_tool(body)
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """A busy port is one line before anything says "serving" (Gradio would raise later)."""
+    import socket
+
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as err:
+            raise UserError(f"--port {port} on {host}: {err.strerror or err} (another program serves there?); "
+                            "choose another --port") from None
 
 
 if __name__ == "__main__":

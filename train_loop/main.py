@@ -25,7 +25,7 @@ if __package__ in (None, ""):
     __package__ = "train_loop"
 
 from train_loop.core.console import make_line_buffered, quiet_library_output
-from train_loop.core.errors import EXIT_INTERRUPTED, EXIT_STOPPED, StoppedBeforeTraining, UserError
+from train_loop.core.errors import EXIT_INTERRUPTED, EXIT_STOPPED, StoppedBeforeTraining, UserError, storage_error
 from train_loop.training.config import TrainConfig, parse_train_config
 
 
@@ -39,6 +39,12 @@ def main(argv: list[str] | None = None) -> int:
         return run(config, list(sys.argv[1:] if argv is None else argv))
     except UserError as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
+        return 2
+    except OSError as err:  # a full disk or a read-only folder outside the checks that name it better
+        problem = storage_error(err)
+        if problem is None:
+            raise
+        print(f"error: {problem}", file=sys.stderr, flush=True)
         return 2
     except StoppedBeforeTraining as stop:
         print(f"{stop.signal_name} received before training started: stopped (nothing to save; prepared "

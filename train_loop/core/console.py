@@ -12,7 +12,7 @@ import warnings
 
 from tqdm.auto import tqdm
 
-from .errors import UserError
+from .errors import UserError, storage_error
 
 
 def make_line_buffered() -> None:
@@ -89,7 +89,13 @@ def run_tool(body) -> int:
     make_line_buffered()
     quiet_library_output()
     try:
-        return body() or 0
+        try:
+            return body() or 0
+        except OSError as err:  # a full disk, a read-only folder: the user's to fix, so one line
+            problem = storage_error(err)
+            if problem is None:
+                raise
+            raise problem from None
     except UserError as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         return 2

@@ -19,3 +19,19 @@ class StoppedBeforeTraining(BaseException):
     def __init__(self, signal_name: str):
         super().__init__(signal_name)
         self.signal_name = signal_name
+
+
+def storage_error(err: OSError) -> UserError | None:
+    """An OSError a user fixes on their side (a full disk, no permission, a read-only file system)
+    as one line naming the path; None for anything else (a bug: let it show)."""
+    import errno
+
+    fixes = {errno.ENOSPC: "free some space or choose another folder",
+             errno.EDQUOT: "free some space or choose another folder",
+             errno.EACCES: "choose a folder this user may write to, or fix its permissions",
+             errno.EPERM: "choose a folder this user may write to, or fix its permissions",
+             errno.EROFS: "the file system is read-only: choose another folder"}
+    if err.errno not in fixes:
+        return None
+    where = err.filename or "a file"
+    return UserError(f"{where}: {err.strerror or err}; {fixes[err.errno]}")

@@ -96,7 +96,11 @@ def plot_run(run_dir: str, output: str | None = None, malformed: list[int] | Non
         return None
     figure = draw_curves(records, os.path.basename(os.path.normpath(run_dir)))
     output = output or os.path.join(run_dir, CURVES_FILE)
-    figure.savefig(output + ".tmp.png", dpi=110)
-    plt.close(figure)
-    os.replace(output + ".tmp.png", output)
+    try:
+        figure.savefig(output + ".tmp.png", dpi=110)
+        os.replace(output + ".tmp.png", output)
+    finally:
+        plt.close(figure)
+        if os.path.exists(output + ".tmp.png"):  # a full disk: no half-written picture left behind
+            os.remove(output + ".tmp.png")
     return output
