@@ -5,9 +5,11 @@ import json
 import os
 import subprocess
 
+import pytest
 from conftest import ROOT
 
 
+@pytest.mark.slow  # ~50 s: the whole GPU check on tiny shapes (CI runs the slow tier when time allows)
 def test_gpu_check_cpu_smoke_prints_a_table_and_a_json_line(tmp_path):
     env = {**os.environ, "GPU_CHECK_OUT": str(tmp_path / "gpu_check.json")}
     result = subprocess.run(["bash", "scripts/gpu_check.sh", "--cpu-smoke", "--work_dir", str(tmp_path / "work")],
