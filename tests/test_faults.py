@@ -630,3 +630,21 @@ def test_a_resume_with_flags_the_checkpoint_does_not_fit_is_one_line(saved_run, 
     assert train_main.main([item for pair in flags.items() for item in pair]) == 2
     err = capsys.readouterr().err
     assert named in err and "resume with those, or start a new run" in err and "Traceback" not in err
+
+
+def test_a_kill_during_the_final_save_is_finished_by_resuming(saved_run, tmp_path):
+    """Trained to the last step, killed while the final model was written: --resume_from latest
+    with the same flags trains nothing and writes the final model (it refused before)."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    source, args = saved_run
+    out = tmp_path / "run"
+    shutil.copytree(source, out)
+    (out / "model.safetensors").unlink()  # the save never finished
+    args = [str(out) if arg == str(source) else arg for arg in args]
+    assert train_main.main([*args, "--resume_from", "latest"]) == 0
+    final, last = load_file(out / "model.safetensors"), load_file(out / "checkpoint-2" / "model.safetensors")
+    assert all(torch.equal(final[name], last[name]) for name in last if name in final)

@@ -97,9 +97,15 @@ def resume(path: str, accelerator, train_batches: TrainBatches, layout: dict[str
 
 
 def continue_schedule(saved: dict[str, Any], current: LRSchedule, step: int) -> tuple[LRSchedule, list[str]]:
-    if current.total_steps <= step:
+    if current.total_steps < step:
         raise UserError(f"--max_steps {current.total_steps}: the checkpoint is already at step {step}; "
-                        f"give a larger --max_steps to train further")
+                        f"give --max_steps {step} to finish the run, or a larger one to train further")
+    if current.total_steps == step:
+        # Trained to the end; what comes after (the final model, the test split) may not have:
+        # a kill during the final save leaves a folder without weights. Finish it now.
+        return (LRSchedule(**saved) if saved else current), [
+            f"the checkpoint is at the last step ({step}): no training; the run saves the final model and "
+            "evaluates the test split"]
     if not saved:
         return current, []
     old = LRSchedule(**saved)
