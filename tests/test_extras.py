@@ -124,3 +124,22 @@ def test_the_app_on_a_busy_port_is_one_line_before_it_says_serving(tmp_path, cap
         assert app.main([str(tmp_path), "--port", str(port)]) == 2
     captured = capsys.readouterr()
     assert f"error: --port {port} on 127.0.0.1:" in captured.err and "serving" not in captured.out
+
+
+def test_try_it_decodes_with_the_projects_decoder_and_a_failing_model_only_fails_its_own_pane(tiny_model_dir, tmp_path):
+    """An Ogg upload is read without FFmpeg; a comparison model that cannot load (a Hub id
+    offline) says why in its pane, and the run's model still transcribes."""
+    import soundfile as sf
+    from conftest import tone
+
+    from train_loop.app import Transcribers, try_transcribing
+
+    clip = tmp_path / "clip.ogg"
+    sf.write(clip, tone(1.0), 16000, format="OGG")
+    panes = try_transcribing(Transcribers(tiny_model_dir, "openai/whisper-small", "be", max_new_tokens=4), str(clip))
+    assert not panes[0].startswith("error") and "s, " in panes[0]
+    assert panes[1].startswith("error: --model openai/whisper-small: cannot load")
+    broken = tmp_path / "broken.wav"
+    broken.write_bytes(b"RIFF0000WAVEjunk")
+    run, compare = try_transcribing(Transcribers(tiny_model_dir, None, "be"), str(broken))
+    assert run.startswith("error: this audio cannot be read") and compare == ""

@@ -22,11 +22,13 @@ transcription.
 
 from __future__ import annotations
 
+import atexit
 import html
 import importlib.util
 import json
 import os
 import re
+import shutil
 import sys
 import tempfile
 import time
@@ -281,7 +283,6 @@ class Transcribers:
 
 def build_page(run: RunFolder, compare: str | None = None, max_new_tokens: int = 440):
     import gradio as gr
-    import numpy as np
 
     flags = run.flags()
     language = (flags.get("language") or None)
@@ -326,18 +327,7 @@ def build_page(run: RunFolder, compare: str | None = None, max_new_tokens: int =
         return comparison_table(read_predictions(files[first]), read_predictions(files[second]))
 
     def try_it(recording):
-        if recording is None:
-            return "(upload or record audio first)", ""
-        rate, samples = recording
-        waveform = _to_mono_16k(np.asarray(samples), int(rate))
-        outputs = []
-        for which in ("run", "compare"):
-            if transcribers.paths[which] is None:
-                outputs.append("" if which == "compare" else "no model in the run folder yet")
-                continue
-            text, seconds = transcribers(which, waveform)
-            outputs.append(f"{text}\n\n({seconds:.2f} s, {transcribers.paths[which]})")
-        return outputs[0], outputs[1]
+        return try_transcribing(transcribers, recording)
 
     with gr.Blocks(title=f"whisper-train-loop: {os.path.basename(os.path.normpath(run.root))}") as page:
         gr.Markdown(f"# {os.path.basename(os.path.normpath(run.root))}")
@@ -367,7 +357,9 @@ def build_page(run: RunFolder, compare: str | None = None, max_new_tokens: int =
                 second = gr.Dropdown(labels, value=during[-1] if during else None, label="after")
             comparison = gr.HTML()
         with gr.Tab("Try it"):
-            recording = gr.Audio(sources=["upload", "microphone"], type="numpy", label="audio", elem_id="try-audio")
+            # A file path, decoded by this project's decoder (FLAC, Ogg, float WAV, mp3: no FFmpeg).
+            recording = gr.Audio(sources=["upload", "microphone"], type="filepath", label="audio",
+                                 elem_id="try-audio")
             go = gr.Button("Transcribe", elem_id="transcribe")
             with gr.Row():
                 run_text = gr.Textbox(label="this run's model", lines=4, elem_id="run-transcript")
@@ -394,19 +386,31 @@ def _curves(run: RunFolder):
     return draw_curves(run.metrics(), os.path.basename(os.path.normpath(run.root)))
 
 
-def _to_mono_16k(samples, rate: int):
-    import numpy as np
-
-    audio = samples.astype(np.float32)
-    if np.issubdtype(samples.dtype, np.integer):
-        audio /= float(np.iinfo(samples.dtype).max)
-    if audio.ndim == 2:
-        audio = audio.mean(axis=1)
-    if rate != SAMPLING_RATE:
-        import soxr
-
-        audio = soxr.resample(audio, rate, SAMPLING_RATE)
-    return audio
+def try_transcribing(transcribers: Transcribers, path: str | None) -> tuple[str, str]:
+    """The two panes of "Try it": each model's transcript and time, or what went wrong with that
+    model (a comparison model that cannot be loaded offline never hides the run's own)."""
+    if not path:
+        return "(upload or record audio first)", ""
+    try:
+        waveform = decode_audio(path, SAMPLING_RATE)
+    except AudioDecodeError as err:
+        message = f"error: this audio cannot be read ({str(err).split(': ', 1)[-1]})"
+        return message, message if transcribers.paths["compare"] else ""
+    outputs = []
+    for which in ("run", "compare"):
+        if transcribers.paths[which] is None:
+            outputs.append("" if which == "compare" else "no model in the run folder yet")
+            continue
+        try:
+            text, seconds = transcribers(which, waveform)
+        except UserError as err:
+            outputs.append(f"error: {err}")
+            continue
+        except Exception as err:  # a model that fails to load or run: say so in its pane, keep the page
+            outputs.append(f"error: {type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}")
+            continue
+        outputs.append(f"{text}\n\n({seconds:.2f} s, {transcribers.paths[which]})")
+    return outputs[0], outputs[1]
 
 
 def _pct(value) -> str:
@@ -434,7 +438,10 @@ def main(argv: list[str] | None = None) -> int:
         if importlib.util.find_spec("gradio") is None:
             raise UserError("the app needs Gradio: pip install '.[app]' (or pip install gradio)")
         os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-        os.environ.setdefault("GRADIO_TEMP_DIR", tempfile.mkdtemp(prefix="train-loop-app-"))  # never the run folder
+        if "GRADIO_TEMP_DIR" not in os.environ:  # uploads go here, never into the run folder; gone at exit
+            uploads = tempfile.mkdtemp(prefix="train-loop-app-")
+            os.environ["GRADIO_TEMP_DIR"] = uploads
+            atexit.register(shutil.rmtree, uploads, ignore_errors=True)
         run = RunFolder(run_dir)
         _check_port_free(options.host, options.port)
         page, theme = build_page(run, options.compare, parsed["decoding"].generation_max_length)
