@@ -143,3 +143,16 @@ def test_try_it_decodes_with_the_projects_decoder_and_a_failing_model_only_fails
     broken.write_bytes(b"RIFF0000WAVEjunk")
     run, compare = try_transcribing(Transcribers(tiny_model_dir, None, "be"), str(broken))
     assert run.startswith("error: this audio cannot be read") and compare == ""
+
+
+def test_a_damaged_run_file_is_a_note_on_the_page_not_a_server_error(tmp_path):
+    from train_loop.app import RunFolder, read_predictions
+
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0}\n{cut')
+    (tmp_path / "best_checkpoint.json").write_text("{not json")
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "step-1.jsonl").write_text('{"id": "a", "reference": "x", "prediction": "y"}\n{cut\n')
+    run = RunFolder(str(tmp_path))
+    assert run.best() is None and len(run.metrics()) == 1
+    assert any(problem.startswith("best_checkpoint.json: cannot be read") for problem in run.problems)
+    assert [row["id"] for row in read_predictions(str(tmp_path / "eval" / "step-1.jsonl"))] == ["a"]

@@ -60,6 +60,7 @@ class RunFolder:
 
     def __init__(self, root: str):
         self.root = root
+        self.problems: set[str] = set()  # damaged files met while reading, said on the page
         if not os.path.isdir(root):
             raise UserError(f"{root}: no such folder; give a run's --output_dir")
         marks = ("metrics.jsonl", "results.json", "best_checkpoint.json")
@@ -78,20 +79,34 @@ class RunFolder:
     def metrics(self) -> list[dict[str, Any]]:
         return read_metrics(self.root) if os.path.isfile(self.path("metrics.jsonl")) else []
 
+    def read_json(self, path: str) -> dict[str, Any] | None:
+        """A JSON object of the run folder; a damaged one is named on the page (``problems``), not
+        a server traceback."""
+        try:
+            with open(path, encoding="utf-8") as handle:
+                value = json.load(handle)
+        except (OSError, ValueError) as err:
+            self.problems.add(f"{os.path.relpath(path, self.root)}: cannot be read ({str(err).splitlines()[0][:120]}); "
+                              "the page shows the run without it")
+            return None
+        return value if isinstance(value, dict) else None
+
     def flags(self) -> dict[str, Any]:
         """The run's flags: the newest checkpoint's run_config.json."""
         for checkpoint in reversed(self.checkpoints()):
             config = os.path.join(checkpoint, "run_config.json")
             if os.path.isfile(config):
-                with open(config, encoding="utf-8") as handle:
-                    return json.load(handle)
+                return self.read_json(config) or {}
         return {}
 
     def best(self) -> dict[str, Any] | None:
         if not os.path.isfile(self.path("best_checkpoint.json")):
             return None
-        with open(self.path("best_checkpoint.json"), encoding="utf-8") as handle:
-            return json.load(handle)
+        best = self.read_json(self.path("best_checkpoint.json"))
+        if best is not None and not {"checkpoint", "step", "metric", "value"} <= set(best):
+            self.problems.add("best_checkpoint.json: incomplete; the page shows the run without it")
+            return None
+        return best
 
     def evaluations(self) -> list[dict[str, Any]]:
         """One row per evaluation in metrics.jsonl: step, split, clips, WER, CER, raw WER."""
@@ -129,8 +144,17 @@ class RunFolder:
 
 
 def read_predictions(path: str) -> list[dict[str, Any]]:
-    with open(path, encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
+    """The clips of a predictions file; a damaged line is left out (a run may be writing it)."""
+    rows = []
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        for line in handle:
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(row, dict) and "id" in row:
+                rows.append(row)
+    return rows
 
 
 # --------------------------------------------------------------------------------------------
@@ -304,6 +328,7 @@ def build_page(run: RunFolder, compare: str | None = None, max_new_tokens: int =
                          f"`{flags.get('eval_split_name', 'the evaluation split')}`.")
         model = run.model_dir()
         lines.append(f"**Model used by 'Try it'**: `{model}`" if model else "**No model saved yet.**")
+        lines += [f"**Note**: {problem}" for problem in sorted(run.problems)]
         return "\n\n".join(lines), table, _curves(run), [[k, str(v)] for k, v in sorted(flags.items())]
 
     def show_clips(label, sort, text_filter):
