@@ -194,6 +194,30 @@ def test_a_full_disk_is_one_clear_line_and_leaves_the_previous_checkpoint(tiny_m
         _umount(disk)
 
 
+def test_an_output_folder_that_turns_read_only_mid_run_is_one_line_and_leaves_no_half_checkpoint(
+        tiny_model_dir, data, tmp_path, monkeypatch, capsys):
+    """The folder turns read-only while a checkpoint is written (a remount, a lost NFS lease): as
+    root a test cannot make a folder refuse it, so accelerate's save is made to meet it."""
+    import errno
+
+    from accelerate import Accelerator
+
+    save_state = Accelerator.save_state
+
+    def read_only_now(self, output_dir, **kwargs):
+        save_state(self, output_dir, **kwargs)  # some files are written, then the folder turns read-only
+        raise OSError(errno.EROFS, "Read-only file system", os.path.join(output_dir, "optimizer.bin"))
+
+    monkeypatch.setattr(Accelerator, "save_state", read_only_now)
+    out = tmp_path / "run"
+    code = train_main.main(train_args(tiny_model_dir, data, out, tmp_path / "c", save_steps=1, **QUICK))
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Read-only file system" in errors[0] and "checkpoint-1 was not saved" in errors[0]
+    assert not list(out.glob("checkpoint-*"))  # no half-written checkpoint-1.partial left
+
+
 def test_write_failures_of_torch_and_safetensors_are_recognized_as_a_full_disk():
     import errno
 

@@ -35,7 +35,7 @@ import torch
 from accelerate.utils.other import load as accelerate_load
 from safetensors.torch import load_file, save_file
 
-from ..core.errors import UserError
+from ..core.errors import UserError, storage_error
 from ..core.model import save_model_folder, save_processor
 from ..core.processes import on_main_process, uses_deepspeed
 from ..outputs.card import write_model_card
@@ -242,9 +242,13 @@ def save_checkpoint(accelerator, output_dir: str, state: TrainerState, model, pr
         _write_checkpoint(accelerator, output_dir, partial, final, state, model, processor, run_config,
                           manifest, data_state, frozen_fp32, ema)
     except Exception as err:
-        if not is_disk_full(err):
+        problem = storage_error(err) if isinstance(err, OSError) and not is_disk_full(err) else None
+        if not is_disk_full(err) and problem is None:
             raise
-        shutil.rmtree(partial, ignore_errors=True)
+        shutil.rmtree(partial, ignore_errors=True)  # no half checkpoint left behind
+        if problem is not None:  # the folder turned read-only, or lost its permissions, mid-run
+            raise UserError(f"{problem}; {os.path.basename(final)} was not saved (the earlier checkpoints are "
+                            "intact): fix the folder, then --resume_from latest") from None
         raise disk_full_error(output_dir, needed, os.path.basename(final)) from None
     return final
 
