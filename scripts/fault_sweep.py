@@ -264,6 +264,143 @@ def scenarios(sweep: Sweep):
             (p / "trainer_state.json").is_file() for p in f.glob("checkpoint-*")))
 
 
+def issue_22_scenarios(sweep: Sweep):
+    """What a demanding user hands the project (a shared checkpoint, an output folder that is an
+    input, NaN flags, odd audio and manifests, other tools' folders, signals, damaged run files)."""
+    import torch
+
+    w, S = sweep.work, sweep
+    out = lambda name: w / "runs22" / name  # noqa: E731
+    run = lambda module, args: S.run([str(a) for a in args], module=module)  # noqa: E731
+
+    # ---- a checkpoint is data, never code ----
+    class Payload:
+        def __init__(self, marker):
+            self.marker = str(marker)
+
+        def __reduce__(self):
+            return (open, (self.marker, "w"))
+
+    for planted in ("data_state_0.pt", "random_states_0.pkl", "optimizer.bin"):
+        folder = out(f"payload-{planted}")
+        S.run(S.args(folder, save_steps=1, eval_split_name="none"))
+        marker = w / f"code-ran-{planted}"
+        torch.save({"state": Payload(marker)}, folder / "checkpoint-2" / planted)
+        S.record(f"checkpoint with code in {planted}", S.run(S.args(folder, resume_from="latest", max_steps=3,
+                                                                   eval_split_name="none")),
+                 lambda r, m=marker: r.returncode == 2 and not m.exists())
+
+    # ---- never delete or overwrite what it did not write ----
+    model_copy = w / "model-copy"
+    shutil.copytree(sweep.model, model_copy)
+    S.record("output_dir = model_name_or_path + overwrite", S.run(S.args(
+        model_copy, model_name_or_path=model_copy, overwrite_output_dir="true")),
+        lambda r: (model_copy / "model.safetensors").is_file())
+    finished = out("finished")
+    S.run(S.args(finished, save_steps=1, eval_split_name="none"))
+    other = w / "another-run"
+    other.mkdir()
+    (other / "model.safetensors").write_bytes(b"another run's weights")
+    S.record("average into another run's folder", run("train_loop.average", [
+        finished / "checkpoint-1", finished / "checkpoint-2", "--output_dir", other]),
+        lambda r: (other / "model.safetensors").read_bytes() == b"another run's weights")
+    S.record("export --overwrite_output_dir onto the model", run("train_loop.export", [
+        "--model", model_copy, "--format", "ggml", "--output_dir", model_copy, "--overwrite_output_dir"]),
+        lambda r: (model_copy / "model.safetensors").is_file())
+    S.record("export ctranslate2 of a 2 s window", run("train_loop.export", [
+        "--model", sweep.model, "--format", "ctranslate2", "--output_dir", w / "ct2"]),
+        lambda r: not (w / "ct2").exists())
+    (finished / "model.safetensors").unlink()  # a kill during the final save
+    S.record("kill during the final save, resume latest", S.run(S.args(finished, save_steps=1, eval_split_name="none",
+                                                                        resume_from="latest")),
+             lambda r: r.returncode == 0 and (finished / "model.safetensors").is_file())
+
+    # ---- LoRA checkpoints and resumes with other flags ----
+    lora = out("lora")
+    S.run(S.args(lora, save_steps=1, eval_split_name="none", use_lora="true", lora_r=4))
+    S.record("evaluate an adapter-only LoRA checkpoint", run("train_loop.evaluate", [
+        "--model", lora / "checkpoint-1", "--data_dir", sweep.data, "--split", "validation"]))
+    S.record("transcribe with an adapter-only LoRA checkpoint", run("train_loop.transcribe", [
+        "--model", lora / "checkpoint-1", sweep.data / "validation" / "0.wav"]))
+    for name, flags in [("resume turning LoRA off", {"use_lora": None, "lora_r": None}),
+                        ("resume with another lora_r", {"lora_r": 8}),
+                        ("resume adding ema_decay", {"ema_decay": 0.9}),
+                        ("resume adding freeze_encoder", {"freeze_encoder": "true"})]:
+        base = {"save_steps": 1, "eval_split_name": "none", "use_lora": "true", "lora_r": 4, "max_steps": 3,
+                "resume_from": "checkpoint-2"}
+        base.update(flags)
+        S.record(name, S.run(S.args(lora, **base)))
+
+    # ---- flags that cannot be right ----
+    for name, flags in [("max_grad_norm nan", {"max_grad_norm": "nan"}), ("weight_decay nan", {"weight_decay": "nan"}),
+                        ("learning_rate inf", {"learning_rate": "inf"}), ("adam_epsilon nan", {"adam_epsilon": "nan"}),
+                        ("eval_split_name ',' with load_best", {"eval_split_name": ",",
+                                                                "load_best_model_at_end": "true"})]:
+        S.record(f"flag: {name}", S.run(S.args(out("f22-" + name.split()[0]), **flags)))
+
+    # ---- audio and manifests ----
+    def loud(p):
+        root = audiofolder(p)
+        sf.write(root / "train" / "0.wav", np.full(8000, 1e30, dtype=np.float32), 16000, subtype="FLOAT")
+        return root
+
+    def escaping(p):
+        root = audiofolder(p)
+        audiofolder(root, [("v.wav", SENTENCES[0])], split="validation")
+        with open(root / "train" / "metadata.csv", "a", encoding="utf-8") as handle:
+            handle.write(f"../validation/v.wav,Уцечка.\n./1.wav,{SENTENCES[1]}\n")
+        return root
+
+    for name, build, words in [("audio: samples of 1e30", loud, "1 unreadable audio"),
+                               ("manifest path into another split, ./ alias", escaping, "outside the split")]:
+        root = build(w / "cases22" / name.split(":")[0].replace(" ", "-"))
+        S.record(name, S.run(S.args(out(name[:12].replace(" ", "-")), data_dir=root, eval_split_name="none")),
+                 lambda r, ws=words: r.returncode == 0 and ws in r.stdout)
+    utf16 = audiofolder(w / "cases22" / "utf16")
+    text = (utf16 / "train" / "metadata.csv").read_text(encoding="utf-8")
+    (utf16 / "train" / "metadata.csv").write_bytes(text.encode("utf-16"))
+    S.record("manifest in UTF-16", S.run(S.args(out("utf16"), data_dir=utf16, eval_split_name="none")),
+             lambda r: "UTF-16" in r.stderr)
+
+    # ---- the tools ----
+    clips = w / "same-name"
+    clips.mkdir()
+    sf.write(clips / "x.wav", tone(1.0), 16000)
+    sf.write(clips / "x.flac", tone(1.2), 16000)
+    S.record("transcribe x.wav and x.flac into one folder", run("train_loop.transcribe", [
+        "--model", sweep.model, "--output_dir", w / "transcripts", "--generation_max_length", 4, clips]),
+        lambda r: len(list((w / "transcripts").glob("*.txt"))) == 2)
+    S.record("transcribe --language zz", run("train_loop.transcribe", ["--model", sweep.model, "--language", "zz",
+                                                                      clips / "x.wav"]))
+    damaged = w / "damaged-metrics"
+    shutil.copytree(lora, damaged)
+    with open(damaged / "metrics.jsonl", "a", encoding="utf-8") as handle:
+        handle.write("{cut\n[1, 2]\n")
+    S.record("plot with malformed metrics lines", run("train_loop.plot", [damaged]),
+             lambda r: r.returncode == 0 and "left out 2 line(s)" in r.stderr)
+
+    # ---- signals and interruptions ----
+    folder = out("SIGHUP")
+    process = subprocess.Popen([sys.executable, "-m", "train_loop.main",
+                                *S.args(folder, max_steps=100000, eval_split_name="none")],
+                               cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    for line in process.stdout:
+        if line.startswith("step 3/"):
+            break
+    process.send_signal(signal.SIGHUP)
+    stdout, stderr = process.communicate(timeout=120)
+    S.record("SIGHUP to the trainer (a closed terminal)",
+             subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr),
+             lambda r: r.returncode == 75 and any((p / "trainer_state.json").is_file() for p in folder.glob("checkpoint-*")))
+    stopped = out("stopped-during-preparation")
+    stopped.mkdir(parents=True)
+    (stopped / "train.log").write_text("whisper train_loop | 1 process(es) on cpu\n")
+    (stopped / "metrics.jsonl").write_text("")
+    S.record("run again after a stop during preparation", S.run(S.args(stopped, eval_split_name="none")),
+             lambda r: r.returncode == 0)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", default="", help="run only scenarios whose name contains this")
@@ -275,6 +412,7 @@ def main(argv=None):
         sweep.record = lambda name, *a, **k: original(name, *a, **k) if args.only in name else None
     started = time.time()
     scenarios(sweep)
+    issue_22_scenarios(sweep)
     counts = {}
     for entry in sweep.results:
         counts[entry["verdict"]] = counts.get(entry["verdict"], 0) + 1
