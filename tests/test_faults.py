@@ -672,3 +672,14 @@ def test_a_kill_during_the_final_save_is_finished_by_resuming(saved_run, tmp_pat
     assert train_main.main([*args, "--resume_from", "latest"]) == 0
     final, last = load_file(out / "model.safetensors"), load_file(out / "checkpoint-2" / "model.safetensors")
     assert all(torch.equal(final[name], last[name]) for name in last if name in final)
+
+
+@pytest.mark.parametrize("case", ["read-only", "full"])
+def test_a_read_only_or_full_cache_dir_during_preparation_is_one_line(tiny_model_dir, data, tmp_path, case):
+    cache = tmp_path / "cache"
+    _mount_tmpfs(cache, 64 * 1024 if case == "full" else 1024 * 1024, read_only=case == "read-only")
+    try:
+        result = run_cli(train_args(tiny_model_dir, data, tmp_path / "run", cache, **QUICK))
+        one_line_error(result, "Read-only file system" if case == "read-only" else "No space left on device")
+    finally:
+        _umount(cache)
