@@ -74,7 +74,12 @@ def draw_curves(records: list[dict], title: str):
             elif panel_title.startswith("evaluation") and max(values) > 100:
                 # Before fine-tuning WER runs to 1000%+; on a linear axis every later point sits on
                 # the floor. Linear up to 10%, logarithmic above: both ends readable.
+                from matplotlib import ticker
+
                 axis.set_yscale("symlog", linthresh=10)
+                axis.set_ylim(bottom=0)  # an error rate starts at 0: the readable ticks below stay in view
+                axis.yaxis.set_major_locator(ticker.FixedLocator([0, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000]))
+                axis.yaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
             if len(keys) > 1:
                 axis.legend()
         else:
