@@ -33,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     """Exit status: 0 trained to the end; 2 a problem to fix (the message says what); 75 stopped
     by SIGTERM/SIGINT, resumable with --resume_from latest; 130 a second Ctrl-C."""
     make_line_buffered()
+    config = None
     try:
         config = parse_train_config(argv)  # --help and a bad flag answer here, before torch loads
         quiet_library_output()
@@ -52,17 +53,15 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_STOPPED
     except KeyboardInterrupt:
         print("stopped at once (second Ctrl-C), without a new checkpoint; an unfinished one is removed at "
-              f"the next start. {_how_to_continue(argv)}", file=sys.stderr, flush=True)
+              f"the next start. {_how_to_continue(config)}", file=sys.stderr, flush=True)
         return EXIT_INTERRUPTED
 
 
-def _how_to_continue(argv: list[str] | None) -> str:
+def _how_to_continue(config: TrainConfig | None) -> str:
     """Resume advice that holds: only a run with a checkpoint can be resumed."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    output_dir = args[args.index("--output_dir") + 1] if "--output_dir" in args[:-1] else None
-    saved = output_dir and os.path.isdir(output_dir) and any(
-        name.startswith("checkpoint-") and not name.endswith(".partial") for name in os.listdir(output_dir))
-    if saved:
+    output_dir = config.training.output_dir if config is not None else None
+    if output_dir and os.path.isdir(output_dir) and any(
+            name.startswith("checkpoint-") and not name.endswith(".partial") for name in os.listdir(output_dir)):
         return "Continue with the same command plus --resume_from latest"
     return "No checkpoint was saved yet: run the same command again (with --overwrite_output_dir if it says so)"
 
