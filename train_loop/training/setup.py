@@ -72,13 +72,13 @@ def session(config: TrainConfig) -> Iterator[Session]:
     """Build the accelerator, claim the output folder (locked for this run), open the trackers
     and the log; on leaving, give back the signal handlers, the lock and the kernel settings."""
     deterministic_before = use_deterministic_kernels(config.training.deterministic)
-    accelerator = build_accelerator(config)
-    # The precision the run uses (the flag, or else the accelerate config): what checkpoints, the
-    # model card and the log record, instead of "None".
-    config.training.mixed_precision = accelerator.mixed_precision
-    stop_signal = StopOnSignal(accelerator)
-    lock = None
+    stop_signal = lock = None
     try:
+        accelerator = build_accelerator(config)
+        # The precision the run uses (the flag, or else the accelerate config): what checkpoints,
+        # the model card and the log record, instead of "None".
+        config.training.mixed_precision = accelerator.mixed_precision
+        stop_signal = StopOnSignal(accelerator)
         check_launch(config, accelerator)
         lock = on_main_process(accelerator, lambda: claim_output_dir(
             config.training.output_dir, resuming=bool(config.checkpoint.resume_from),
@@ -87,7 +87,8 @@ def session(config: TrainConfig) -> Iterator[Session]:
         hub = on_main_process(accelerator, lambda: connect_hub(config))
         yield open_log(config, accelerator, lock, stop_signal, hub)
     finally:
-        stop_signal.restore()
+        if stop_signal is not None:
+            stop_signal.restore()
         if lock is not None:
             lock.release()
         use_deterministic_kernels(deterministic_before)
