@@ -19,9 +19,10 @@ from torch.utils.data import DataLoader
 from ..core.errors import UserError
 from ..core.processes import once_per_node
 from .collator import SpeechCollator
-from .config import DataConfig, FilterConfig, SourceConfig
+from .config import DataConfig, FilterConfig, PackingConfig, SourceConfig
 from .features import Featurizer, Filters, SkipReport, featurizer_for
 from .loaders import TrainBatches, loader_workers, make_loader
+from .packing import PackedBatchSampler, PackedWindows, PackingPlan, index_split
 from .prepared import PreparedSplit, cache_key, cache_root, prepare_split
 from .samplers import LengthGroupedBatchSampler, ShardedBatchSampler, eval_batches
 from .sources import RowSource, content_hash, load_rows
@@ -98,8 +99,12 @@ def open_split(source: SourceConfig, data: DataConfig, processor, accelerator, s
 
 
 def build_train_batches(source: SourceConfig, data: DataConfig, filters: FilterConfig, processor, accelerator,
-                        *, batch_size: int, seed: int, eval_normalizer: str) -> TrainBatches:
+                        *, batch_size: int, seed: int, eval_normalizer: str,
+                        packing: PackingConfig | None = None) -> TrainBatches:
     """``eval_normalizer`` shapes the labels only with --do_remove_punctuation."""
+    if packing is not None and packing.pack_to_window:
+        return build_packed_batches(source, data, filters, packing, processor, accelerator, batch_size=batch_size,
+                                    seed=seed, eval_normalizer=eval_normalizer)
     split = open_split(source, data, processor, accelerator, data.train_split_name, train_filters(filters, processor),
                        streaming=source.streaming, max_rows=data.max_train_samples, eval_normalizer=eval_normalizer)
     workers = loader_workers(data, source.streaming, accelerator)
@@ -130,6 +135,41 @@ def build_train_batches(source: SourceConfig, data: DataConfig, filters: FilterC
     loader = make_loader(prepared, split.collator, workers, split.pin_memory, batch_sampler=sampler)
     return TrainBatches(loader, sampler, None, prepared.report, len(prepared), rows.fingerprint,
                         content_hash(*prepared.ids()))
+
+
+def build_packed_batches(source: SourceConfig, data: DataConfig, filters: FilterConfig, packing: PackingConfig,
+                         processor, accelerator, *, batch_size: int, seed: int, eval_normalizer: str) -> TrainBatches:
+    """``--pack_to_window``: the split indexed once (cached), windows planned per epoch
+    (``packing.py``), featurized in the loader's workers."""
+    if source.streaming:
+        raise UserError("--pack_to_window needs the whole split's index (durations, speech bounds and speakers "
+                        "to fill windows): drop --streaming (packing decodes audio in the loader's workers anyway)")
+    featurizer = featurizer_for(processor, data, eval_normalizer)
+    rows = load_rows(source, data.train_split_name)
+    index = once_per_node(accelerator, lambda: index_split(
+        rows, featurizer, train_filters(filters, processor), packing.speech_bounds, cache_root(source),
+        source.preprocessing_num_workers, cache_key(processor, data, eval_normalizer), max_rows=data.max_train_samples))
+    index.report.add_left_out(rows.dropped)
+    prefix = [t for t in processor.tokenizer.prefix_tokens
+              if t != processor.tokenizer.convert_tokens_to_ids("<|notimestamps|>")]
+    plan = PackingPlan(window_seconds=featurizer.window_seconds, max_label_tokens=filters.max_label_length,
+                       prefix_tokens=len(prefix) - 1, timestamp_probability=packing.timestamp_probability,
+                       prev_text_probability=packing.prev_text_probability,
+                       no_speech_probability=packing.no_speech_probability)
+    sampler = PackedBatchSampler(index, plan, batch_size, accelerator.num_processes, accelerator.process_index,
+                                 seed=seed)
+    if sampler.batches_per_epoch() == 0:
+        raise UserError(
+            f"{rows.name}: {len(index)} usable clips pack into {len(sampler.windows(0))} windows, fewer than one "
+            f"global batch ({batch_size} x {accelerator.num_processes} processes); lower "
+            f"--per_device_train_batch_size or add data ({index.report.summary()})")
+    dataset = PackedWindows(index, featurizer, filters.max_label_length)
+    # Windows are decoded and featurized in workers, as a stream is: the streaming default applies.
+    workers = loader_workers(data, True, accelerator)
+    loader = make_loader(dataset, collator_for(processor), workers, accelerator.device.type == "cuda",
+                         batch_sampler=sampler)
+    return TrainBatches(loader, sampler, None, index.report, len(index), rows.fingerprint,
+                        content_hash("packed", *index.ids()))
 
 
 def build_eval_set(source: SourceConfig, data: DataConfig, processor, accelerator, split: str, *,

@@ -8,7 +8,10 @@ import os
 from dataclasses import dataclass
 
 from ..core.errors import UserError
-from ..core.flags import Check, at_least, flag
+from ..core.flags import Check, at_least, between, flag
+
+# Where a clip's speech starts and ends (data/speech_bounds.py)
+SPEECH_BOUNDS = ("silero", "file")
 
 # The flags that name a data source (train_loop.sources.SOURCES has a loader for each).
 SOURCE_FLAGS = ("dataset_name", "data_dir")
@@ -30,6 +33,10 @@ class SourceConfig:
         "audiofolder ({split}/metadata.csv with file_name and the text column).")
     audio_column_name: str = flag("audio", "Column holding the audio (Hub datasets).")
     text_column_name: str = flag("sentence", "Column holding the transcript.")
+    speaker_column_name: str = flag(
+        "client_id", "Column naming each clip's speaker (Common Voice's client_id). Packing puts one "
+        "speaker's clips together and long-form evaluation builds one recording per speaker; data "
+        "without this column is used in any order.")
     streaming: bool = flag(
         False, "Decode audio on the fly in DataLoader workers instead of preparing log-mel "
         "features once and caching them on disk.")
@@ -104,6 +111,30 @@ class DataConfig:
     prepared_feature_dtype: str = flag(
         "float16", "Storage type of prepared log-mel features (float16 halves the disk use; "
         "its rounding is far below bf16/fp16 training noise).", ("float16", "float32"))
+
+
+@dataclass
+class PackingConfig:
+    """Packed 30 s windows with timestamps, the previous text and windows without speech."""
+    _argument_group_name = "Packed windows: how Whisper was trained (packing)"
+
+    pack_to_window: bool = flag(
+        False, "Train on the model's whole input window (30 s) filled with consecutive clips of one "
+        "speaker (short random gaps, speech bounds from a voice-activity detector) instead of one "
+        "clip padded with silence. Needs prepared data (not --streaming).")
+    timestamp_probability: float = flag(
+        0.5, "Packed: share of windows labelled with segment timestamps (<|t|> text<|t|>), as Whisper "
+        "was trained; the others get <|notimestamps|>.", check=between(0, 1))
+    prev_text_probability: float = flag(
+        0.2, "Packed: share of windows conditioned on the previous window's text (<|startofprev|> + "
+        "at most --max_label_length/2 tokens, no loss on them).", check=between(0, 1))
+    no_speech_probability: float = flag(
+        0.05, "Packed: share of windows without speech (the data's own silences and generated "
+        "noise), labelled with Whisper's no-speech token.", check=between(0, 0.9))
+    speech_bounds: str = flag(
+        "silero", "Packed and long-form evaluation: where each clip's speech starts and ends: 'silero' "
+        "(Silero's voice-activity detector) or 'file' (the whole file is speech: trimmed data).",
+        SPEECH_BOUNDS)
 
 
 def default_cache_dir() -> str:

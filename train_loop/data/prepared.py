@@ -76,7 +76,8 @@ class PreparedSplit(torch.utils.data.Dataset):
         rows = self.table[[int(self.keep[p]) for p in positions]]
         return [{"id": str(rows["id"][i]), "text": str(rows["text"][i]),
                  "input_features": rows["input_features"][i].T, "pad_value": float(rows["pad_value"][i]),
-                 "labels": rows["labels"][i]} for i in range(len(positions))]
+                 "labels": rows["labels"][i], "duration": float(rows["duration"][i])}
+                for i in range(len(positions))]
 
     def __getitem__(self, position: int) -> dict[str, Any]:
         return self.__getitems__([position])[0]

@@ -1,8 +1,10 @@
 """Where rows come from: a Hub dataset, an audiofolder, or a Common Voice release folder.
 
-Every source becomes the same table of rows with three columns: ``id`` (unique, stable),
-``audio`` (a file path, or a ``{"bytes", "path"}`` dict for Hub audio) and ``text`` (the raw
-transcript). Audio is not decoded here; ``features.Featurizer`` does that.
+Every source becomes the same table of rows with four columns: ``id`` (unique, stable),
+``audio`` (a file path, or a ``{"bytes", "path"}`` dict for Hub audio), ``text`` (the raw
+transcript) and ``speaker`` (``--speaker_column_name``'s value, "" where the data has no such
+column: packing and long-form evaluation group clips by it). Audio is not decoded here;
+``features.Featurizer`` does that.
 
 Several splits joined with ``+`` (``train+validation``) are concatenated: every row of every
 split is used (interleaving would stop at the end of the shortest split and drop the rest of
@@ -23,7 +25,7 @@ import datasets
 from ..core.errors import UserError
 from .config import SourceConfig
 
-COLUMNS = ("id", "audio", "text")
+COLUMNS = ("id", "audio", "text", "speaker")
 
 
 @dataclass
@@ -125,7 +127,8 @@ def _load_local(source: SourceConfig, split: str, streaming: bool) -> RowSource:
     ids = [f"{split}/{row[audio_column]}" for row in rows.kept]
     audio = [os.path.join(audio_root, row[audio_column]) for row in rows.kept]
     text = [row[source.text_column_name] or "" for row in rows.kept]
-    table = datasets.Dataset.from_dict({"id": ids, "audio": audio, "text": text})
+    speaker = [row.get(source.speaker_column_name) or "" for row in rows.kept]
+    table = datasets.Dataset.from_dict({"id": ids, "audio": audio, "text": text, "speaker": speaker})
     fingerprint = content_hash(os.path.abspath(manifest), _file_digest(manifest), _stat_digest(audio))
     # Streaming a local folder keeps this table of references in memory (it is small) and
     # decodes the audio in DataLoader workers; the table lets a resume seek to any row.
@@ -252,9 +255,12 @@ def _load_hub(source: SourceConfig, split: str, streaming: bool) -> RowSource:
 
     def to_row(example: dict[str, Any], index: int) -> dict[str, Any]:
         audio = example[source.audio_column_name]
-        return {"id": f"{split}/{index}", "audio": audio, "text": example[source.text_column_name] or ""}
+        return {"id": f"{split}/{index}", "audio": audio, "text": example[source.text_column_name] or "",
+                "speaker": str(example.get(source.speaker_column_name) or "")}
 
     keep = [source.audio_column_name, source.text_column_name]
+    if columns is not None and source.speaker_column_name in columns:
+        keep.append(source.speaker_column_name)
     table = table.select_columns(keep).map(to_row, with_indices=True, remove_columns=keep)
     fingerprint = content_hash(name, split, source.dataset_revision or "", getattr(table, "_fingerprint", ""))
     num_rows = len(table) if isinstance(table, datasets.Dataset) else _known_hub_size(table, split)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from ..core.flags import at_least, between, flag
+from ..core.flags import at_least, between, flag, positive
 from ..core.text import NORMALIZERS
 
 # Whisper's decoder holds 448 positions; the prompt takes 4 (start, language, task, notimestamps).
@@ -89,6 +89,17 @@ class EvalConfig:
     guard_max_samples: int | None = flag(None, "Transcribe only the first N clips of the guard set.",
                                          check=at_least(1))
     guard_normalizer: str = flag("basic", "Text normalizer for the guard set's WER.", NORMALIZERS)
+    eval_long_form: bool = flag(
+        False, "Also evaluate on long recordings (eval_longform_wer, _cer, _loop_rate, _timestamp_error_s): "
+        "the first evaluation split's clips joined per speaker with short pauses into recordings of "
+        "--long_form_minutes, decoded with Whisper's sequential long-form algorithm as "
+        "train_loop.transcribe does.")
+    long_form_minutes: float = flag(2.0, "Length of each long-form recording built from clips.",
+                                    check=positive())
+    long_form_recordings: int = flag(10, "Long-form recordings evaluated at most.", check=at_least(1))
+    long_form_data_dir: str | None = flag(
+        None, "Evaluate long-form on real long recordings instead: a folder with metadata.csv "
+        "(file_name and the --text_column_name transcript) beside the audio files.")
 
 
 def eval_split_sets(eval_split_name: str) -> list[str]:
@@ -106,4 +117,5 @@ def metric_name(split: str) -> str:
 def eval_set_names(data, eval_config) -> list[str]:
     """The metric names of every evaluation set, in order (the guard last)."""
     names = [metric_name(split) for split in eval_split_sets(data.eval_split_name)]
-    return names + (["guard"] if eval_config.guard_data_dir else [])
+    return (names + (["guard"] if eval_config.guard_data_dir else [])
+            + (["longform"] if eval_config.eval_long_form else []))

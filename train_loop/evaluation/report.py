@@ -20,18 +20,24 @@ def format_wer_table(evaluations: list[dict[str, Any]], normalizer: str,
     """One row per evaluation and set: step, set, clips, WER, CER, raw WER (in %), the % of
     clips whose generation ran to the length limit (repetition loops), and the word
     substitutions, deletions and insertions behind the WER."""
+    long_form = any(record.get("split") == "longform" for record in evaluations)
     rows = []
     for record in evaluations:
         prefix = "test" if "test_samples" in record else "eval"
         best = (best_step is not None and record.get("step") == best_step and prefix == "eval"
                 and record.get("primary", True))
-        rows.append((str(record.get("step", "")), record.get("split", ""),
-                     str(record.get(f"{prefix}_samples", "")), _cell(record.get(f"{prefix}_wer")),
-                     _cell(record.get(f"{prefix}_cer")), _cell(record.get(f"{prefix}_wer_raw")),
-                     _cell(record.get(f"{prefix}_loop_rate")), _count(record.get(f"{prefix}_substitutions")),
-                     _count(record.get(f"{prefix}_deletions")), _count(record.get(f"{prefix}_insertions")),
-                     "best" if best else ""))
+        cells = (str(record.get("step", "")), record.get("split", ""),
+                 str(record.get(f"{prefix}_samples", "")), _cell(record.get(f"{prefix}_wer")),
+                 _cell(record.get(f"{prefix}_cer")), _cell(record.get(f"{prefix}_wer_raw")),
+                 _cell(record.get(f"{prefix}_loop_rate")), _count(record.get(f"{prefix}_substitutions")),
+                 _count(record.get(f"{prefix}_deletions")), _count(record.get(f"{prefix}_insertions")))
+        if long_form:
+            error = record.get(f"{prefix}_timestamp_error_s")
+            cells += ("" if error is None else f"{error:.2f}",)
+        rows.append((*cells, "best" if best else ""))
     header = ("step", "split", "clips", "WER %", "CER %", "raw WER %", "loops %", "sub", "del", "ins")
+    if long_form:
+        header += ("ts err s",)
     widths = [max([len(header[i])] + [len(row[i]) for row in rows]) for i in range(len(header))]
 
     def line(cells, mark=""):
@@ -39,11 +45,19 @@ def format_wer_table(evaluations: list[dict[str, Any]], normalizer: str,
                           for i, (c, w) in enumerate(zip(cells, widths)))
         return f"{text}  <- {mark}" if mark else text
 
-    out = [f"WER table (normalizer: {normalizer}; raw WER: no normalization; loops: clips that ran to "
-           "--generation_max_length without an end token)", line(header),
-           "-+-".join("-" * w for w in widths)]
+    legend = ("WER table (normalizer: {}; raw WER: no normalization; loops: clips that ran to "
+              "--generation_max_length without an end token").format(normalizer)
+    if long_form:
+        legend += ("; longform: whole recordings (clips = recordings, loops = recordings with a repetition loop, "
+                   "ts err = mean distance of each true clip start to the nearest predicted segment start)")
+    out = [legend + ")", line(header), "-+-".join("-" * w for w in widths)]
     out += [line(row[:-1], row[-1]) for row in rows]
     return "\n".join(out)
+
+
+def train_audio_rate(state) -> float | None:
+    """Seconds of clip audio trained per second of training (evaluation and saving excluded)."""
+    return round(state.audio_seconds_seen / state.train_seconds, 3) if state.train_seconds > 0 else None
 
 
 def write_results(output_dir: str, state, config) -> str:
@@ -53,6 +67,8 @@ def write_results(output_dir: str, state, config) -> str:
         "best": {"metric": config.checkpoint.metric_for_best_model, "value": state.best_metric,
                  "step": state.best_step, "checkpoint": state.best_checkpoint},
         "steps": state.step,
+        "train_audio_seconds": round(state.audio_seconds_seen, 2),
+        "train_audio_seconds_per_second": train_audio_rate(state),
         "normalizer": config.scoring.eval_normalizer,
     }
     with open(path + ".tmp", "w", encoding="utf-8") as handle:

@@ -57,43 +57,55 @@ class Transcriber:
         self.window_seconds = extractor.n_samples / extractor.sampling_rate
 
     def __call__(self, waveforms: list, timestamps: bool = True) -> list[tuple[str, list[dict[str, Any]]]]:
-        """(text, segments) per waveform; all of one batch are short (<= window) or all long.
-        Long audio always decodes with timestamps (they say where the next window starts);
-        short audio without them is decoded exactly as training evaluated it."""
-        import torch
+        """(text, segments) per waveform; see ``decode_waveforms``."""
+        return decode_waveforms(self.model, self.processor, waveforms, language=self.language, task=self.task,
+                                num_beams=self.num_beams, max_new_tokens=self.max_new_tokens, device=self.device,
+                                dtype=self.dtype, timestamps=timestamps)
 
-        long_form = any(len(w) > self.processor.feature_extractor.n_samples for w in waveforms)
-        timestamps = timestamps or long_form
-        inputs = self.processor.feature_extractor(
-            waveforms, sampling_rate=self.sampling_rate, return_tensors="pt", return_attention_mask=True,
-            **({"truncation": False, "padding": "longest"} if long_form else {}))
-        kwargs: dict[str, Any] = {"task": self.task, "num_beams": self.num_beams, "return_timestamps": timestamps,
-                                  "max_new_tokens": self.max_new_tokens}
-        if timestamps:
-            kwargs.update(return_segments=True, condition_on_prev_tokens=False)
-        if self.language:
-            kwargs["language"] = self.language
-        if long_form:
-            kwargs["attention_mask"] = inputs["attention_mask"].to(self.device)
-        with torch.no_grad():
-            out = self.model.generate(inputs["input_features"].to(self.device, self.dtype), **kwargs)
-        return [self._decode(out, index, len(waveform) / self.sampling_rate)
-                for index, waveform in enumerate(waveforms)]
 
-    def _decode(self, out, index: int, duration: float) -> tuple[str, list[dict[str, Any]]]:
-        tokenizer = self.processor.tokenizer
-        segments = []
-        for segment in (out["segments"][index] if isinstance(out, dict) and "segments" in out else []):
-            text = tokenizer.decode(segment["tokens"], skip_special_tokens=True).strip()
-            start = float(segment["start"])
-            if text and start < duration:
-                # A timestamp may point past the end of a last, partial window: clamp to the file.
-                segments.append({"start": round(start, 3), "end": round(min(float(segment["end"]), duration), 3),
-                                 "text": text})
-        sequences = out["sequences"] if isinstance(out, dict) else out
-        text = tokenizer.decode(sequences[index], skip_special_tokens=True).strip()
-        if segments:
-            text = " ".join(segment["text"] for segment in segments)
-        elif text:
-            segments = [{"start": 0.0, "end": round(duration, 3), "text": text}]
-        return text, segments
+def decode_waveforms(model, processor, waveforms: list, *, language: str | None, task: str, num_beams: int,
+                     max_new_tokens: int, device, dtype, timestamps: bool = True,
+                     autocast=None) -> list[tuple[str, list[dict[str, Any]]]]:
+    """(text, segments) per waveform; all of one batch are short (<= window) or all long.
+    Long audio always decodes with timestamps (they say where the next window starts); short
+    audio without them is decoded exactly as training evaluated it. The transcriber and the
+    long-form evaluation during training both decode through here."""
+    import contextlib
+
+    import torch
+
+    extractor = processor.feature_extractor
+    long_form = any(len(w) > extractor.n_samples for w in waveforms)
+    timestamps = timestamps or long_form
+    inputs = extractor(waveforms, sampling_rate=extractor.sampling_rate, return_tensors="pt",
+                       return_attention_mask=True, **({"truncation": False, "padding": "longest"} if long_form else {}))
+    kwargs: dict[str, Any] = {"task": task, "num_beams": num_beams, "return_timestamps": timestamps,
+                              "max_new_tokens": max_new_tokens}
+    if timestamps:
+        kwargs.update(return_segments=True, condition_on_prev_tokens=False)
+    if language:
+        kwargs["language"] = language
+    if long_form:
+        kwargs["attention_mask"] = inputs["attention_mask"].to(device)
+    with torch.no_grad(), (autocast or contextlib.nullcontext()):
+        out = model.generate(inputs["input_features"].to(device, dtype), **kwargs)
+    return [_segments(processor.tokenizer, out, index, len(waveform) / extractor.sampling_rate)
+            for index, waveform in enumerate(waveforms)]
+
+
+def _segments(tokenizer, out, index: int, duration: float) -> tuple[str, list[dict[str, Any]]]:
+    segments = []
+    for segment in (out["segments"][index] if isinstance(out, dict) and "segments" in out else []):
+        text = tokenizer.decode(segment["tokens"], skip_special_tokens=True).strip()
+        start = float(segment["start"])
+        if text and start < duration:
+            # A timestamp may point past the end of a last, partial window: clamp to the file.
+            segments.append({"start": round(start, 3), "end": round(min(float(segment["end"]), duration), 3),
+                             "text": text})
+    sequences = out["sequences"] if isinstance(out, dict) else out
+    text = tokenizer.decode(sequences[index], skip_special_tokens=True).strip()
+    if segments:
+        text = " ".join(segment["text"] for segment in segments)
+    elif text:
+        segments = [{"start": 0.0, "end": round(duration, 3), "text": text}]
+    return text, segments

@@ -59,6 +59,7 @@ class TrainerState:
     samples_seen: int = 0  # over all processes
     skipped_steps: int = 0  # steps whose update the fp16 loss scaler skipped (counted in step)
     train_seconds: float = 0.0  # time in training steps (evaluation and saving excluded)
+    audio_seconds_seen: float = 0.0  # seconds of clip audio trained on, over all processes
     best_metric: float | None = None
     best_step: int | None = None
     best_checkpoint: str | None = None

@@ -19,7 +19,7 @@ from ..core.errors import UserError
 from ..core.flags import Check, at_least, between, check_fields, flag, parse_sections, positive
 from ..core.model import ModelConfig
 from ..core.paths import overlaps
-from ..data.config import DataConfig, FilterConfig, SourceConfig
+from ..data.config import DataConfig, FilterConfig, PackingConfig, SourceConfig
 from ..evaluation.config import (
     DecodingConfig,
     EvalConfig,
@@ -172,6 +172,7 @@ class TrainConfig:
     source: SourceConfig = field(default_factory=SourceConfig)
     filters: FilterConfig = field(default_factory=FilterConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    packing: PackingConfig = field(default_factory=PackingConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
@@ -261,6 +262,12 @@ def validate_train_config(config: TrainConfig) -> None:
     if ck.metric_for_best_model not in best_metrics:
         raise UserError(f"--metric_for_best_model {ck.metric_for_best_model}: not a quality metric of the "
                         f"evaluation; use one of {', '.join(best_metrics)}")
+    if ev.eval_long_form and not (eval_split_sets(data.eval_split_name) or ev.long_form_data_dir):
+        raise UserError("--eval_long_form builds its recordings from the first --eval_split_name set, which is "
+                        "'none'; name an evaluation split or give --long_form_data_dir")
+    if (ev.long_form_data_dir or ev.long_form_minutes != 2.0 or ev.long_form_recordings != 10) and not ev.eval_long_form:
+        raise UserError("--long_form_data_dir, --long_form_minutes and --long_form_recordings take effect with "
+                        "--eval_long_form; add it")
     if ck.load_best_model_at_end and not eval_split_sets(data.eval_split_name):
         raise UserError(f"--load_best_model_at_end needs evaluations to pick the best checkpoint, but "
                         f"--eval_split_name {data.eval_split_name!r} names no set; name an evaluation split "

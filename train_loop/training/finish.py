@@ -127,7 +127,7 @@ def stopped(run: Run, progress: Progress, signal_name: str | None) -> int:
 def close(run: Run) -> None:
     """The evaluation loaders' workers, the trackers and the log end now, not at interpreter exit."""
     for target in run.eval_targets:
-        close_loader(target.eval_set.loader)
+        close_loader(getattr(target.eval_set, "loader", None))  # long-form sets have none
     run.accelerator.end_training()
     run.logger.close()
 

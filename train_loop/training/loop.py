@@ -26,7 +26,9 @@ from ..data.build import EvalSet
 from ..data.collator import IGNORE_INDEX
 from ..data.features import SkipReport
 from ..data.loaders import TrainBatches
+from ..data.longform import LongFormSet
 from ..evaluation.generation import GenerationSettings, evaluate
+from ..evaluation.longform import evaluate_long_form
 from ..outputs.logger import RunLogger
 from .checkpoint import (
     TrainerState,
@@ -46,7 +48,7 @@ class EvalTarget:
     """One set evaluated at every evaluation: its clips, how they are transcribed and scored."""
 
     name: str  # in its metric keys: eval_<name>_wer
-    eval_set: EvalSet
+    eval_set: EvalSet | LongFormSet
     generation: GenerationSettings
     normalizer: Callable[[str], str]
 
@@ -109,7 +111,7 @@ def train(run: Run, progress: Progress) -> bool:
         micro_batches = [next(run.train_batches) for _ in range(accumulation)]
         learning_rate = run.schedule(state.step + 1)  # a pure function of the step
         set_learning_rate(run.optimizer, learning_rate)
-        loss_sum, tokens, grad_norm, skipped = optimizer_step(run, micro_batches)
+        loss_sum, tokens, audio_seconds, grad_norm, skipped = optimizer_step(run, micro_batches)
         if run.ema is not None and not skipped:
             run.ema.update(accelerator.unwrap_model(run.model))
 
@@ -120,7 +122,7 @@ def train(run: Run, progress: Progress) -> bool:
         state.epoch, state.batches_in_epoch = run.train_batches.epoch, run.train_batches.batches_done
         samples = sum(len(batch["ids"]) for batch in micro_batches) * accelerator.num_processes
         state.samples_seen += samples
-        window.add(loss_sum, tokens, samples)
+        window.add(loss_sum, tokens, samples, audio_seconds)
         if cfg.training.log_sample_ids:
             log_sample_ids(run, progress, micro_batches)
         bar.update(1)
@@ -151,6 +153,7 @@ def train(run: Run, progress: Progress) -> bool:
         stopping = run.stop_requested()
         if (save_due or new_best or stopping) and healthy:
             window.pause()
+            state.audio_seconds_seen += window.take_unsaved_audio()  # the checkpoint holds every trained second
             save(run, progress)
             save_due = False
             window.resume()
@@ -190,7 +193,11 @@ def optimizer_step(run: Run, micro_batches: list[dict[str, Any]]):
     accelerator, model = run.accelerator, run.model
     model.train()
     local_tokens = sum(int((batch["labels"] != IGNORE_INDEX).sum()) for batch in micro_batches)
-    step_tokens = accelerator.reduce(torch.tensor(local_tokens, device=accelerator.device), reduction="sum")
+    local_audio = sum(batch.get("audio_seconds", 0.0) for batch in micro_batches)
+    # One collective for both: the step's label tokens (exact in float64) and seconds of audio.
+    counts = accelerator.reduce(torch.tensor([local_tokens, local_audio], dtype=torch.float64,
+                                             device=accelerator.device), reduction="sum")
+    step_tokens, step_audio = counts[0].long(), counts[1]
     # accelerator.backward divides by the accumulation steps and DDP averages over processes;
     # undo both, so the gradient is exactly d(sum of token losses)/d(weights) / step_tokens.
     scale = accelerator.num_processes * accelerator.gradient_accumulation_steps / step_tokens.float()
@@ -206,7 +213,7 @@ def optimizer_step(run: Run, micro_batches: list[dict[str, Any]]):
     # counts: its batch was consumed and the schedule moves on (docs/scaling.md).
     skipped = step_unless_nonfinite(accelerator, run.optimizer, grad_norm)
     run.optimizer.zero_grad(set_to_none=True)
-    return loss_sum, step_tokens, grad_norm, skipped
+    return loss_sum, step_tokens, step_audio, grad_norm, skipped
 
 
 def token_loss_sum(model, batch: dict[str, Any], device: torch.device,
@@ -233,17 +240,27 @@ class LogWindow:
     def __init__(self, device: torch.device):
         self.loss_sum = torch.zeros((), device=device)
         self.tokens = torch.zeros((), device=device, dtype=torch.long)
+        self.audio_seconds = torch.zeros((), device=device, dtype=torch.float64)  # over all processes
+        self.unsaved_audio = torch.zeros((), device=device, dtype=torch.float64)  # not yet in the state
         self.samples = 0
         self.steps = 0
         self.started = time.perf_counter()
         self.paused_seconds = 0.0
         self._paused_at: float | None = None
 
-    def add(self, loss_sum: torch.Tensor, tokens: torch.Tensor, samples: int) -> None:
+    def add(self, loss_sum: torch.Tensor, tokens: torch.Tensor, samples: int, audio_seconds: torch.Tensor) -> None:
         self.loss_sum += loss_sum
         self.tokens += tokens
+        self.audio_seconds += audio_seconds
+        self.unsaved_audio += audio_seconds
         self.samples += samples
         self.steps += 1
+
+    def take_unsaved_audio(self) -> float:
+        """Seconds of audio trained since the last call, for ``TrainerState.audio_seconds_seen``."""
+        seconds = float(self.unsaved_audio)
+        self.unsaved_audio.zero_()
+        return seconds
 
     def pause(self) -> None:  # evaluation and saving do not count as training time
         self._paused_at = time.perf_counter()
@@ -264,6 +281,8 @@ def log_training(run: Run, progress: Progress, window: LogWindow, learning_rate:
     loss = (loss_sum / window.tokens.clamp(min=1)).item()  # window.tokens is already global
     seconds = max(window.seconds(), 1e-9)
     samples_per_second = window.samples / seconds
+    audio_seconds = float(window.audio_seconds)
+    state.audio_seconds_seen += window.take_unsaved_audio()
     seconds_per_step = progress.seconds_this_run / max(1, state.step - progress.start_step)
     remaining_evals = _remaining(state.step, cfg.eval.eval_steps, max_steps) if run.eval_targets else 0
     eta = (max_steps - state.step) * seconds_per_step + remaining_evals * last_eval_seconds
@@ -273,6 +292,10 @@ def log_training(run: Run, progress: Progress, window: LogWindow, learning_rate:
         "learning_rate": learning_rate,
         "grad_norm": round(float(grad_norm), 6) if grad_norm is not None else None,
         "samples_per_second": round(samples_per_second, 3),
+        # Seconds of clip audio trained since the previous row (one step at --logging_steps 1);
+        # padding, packing gaps and windows without speech are not counted.
+        "audio_seconds": round(audio_seconds, 2),
+        "audio_seconds_per_second": round(audio_seconds / seconds, 2),
         "elapsed_seconds": round(state.train_seconds, 1),
         "eta_seconds": round(eta, 1),
     }
@@ -286,7 +309,7 @@ def log_training(run: Run, progress: Progress, window: LogWindow, learning_rate:
     state.log_history.append({"step": state.step, **record})
     line = (f"step {state.step}/{max_steps} | epoch {record['epoch']:.2f} | loss {loss:.4f} | "
             f"lr {learning_rate:.3e} | grad_norm {_num(record['grad_norm'])} | "
-            f"{samples_per_second:.1f} samples/s | elapsed {format_duration(state.train_seconds)} | "
+            f"{samples_per_second:.1f} samples/s | {audio_seconds / seconds:.1f} s audio/s | elapsed {format_duration(state.train_seconds)} | "
             f"eta {format_duration(eta)}")
     if scale is not None or state.skipped_steps:
         line += f" | skipped steps {state.skipped_steps}"
@@ -330,9 +353,11 @@ def epoch_progress(run: Run, progress: Progress) -> float:
 # --------------------------------------------------------------------------------------------
 
 
+LONG_FORM_MAX_NEW_TOKENS = 224  # per 30 s window, as OpenAI's long-form decoding (448 // 2)
+
 # What an evaluation logs of ``evaluation.evaluate``'s result, as {prefix}_{key}.
 LOGGED = ("wer", "cer", "wer_raw", "loop_rate", "substitutions", "deletions", "insertions", "words",
-          "samples", "empty_references", "seconds", "samples_per_second")
+          "samples", "empty_references", "seconds", "samples_per_second", "timestamp_error_s", "audio_seconds")
 
 
 def run_evaluations(run: Run, progress: Progress) -> dict[str, Any]:
@@ -343,8 +368,10 @@ def run_evaluations(run: Run, progress: Progress) -> dict[str, Any]:
     averaged = run.ema is not None and run.config.training.eval_with_ema
     with run.ema.applied(run.accelerator.unwrap_model(run.model)) if averaged else nullcontext():
         for index, target in enumerate(run.eval_targets):
-            result = run_evaluation(run, progress, target, prefix="eval", name=target.name if several else None,
-                                    primary=index == 0)
+            long_form = isinstance(target.eval_set, LongFormSet)  # always named: eval_longform_*
+            result = run_evaluation(run, progress, target, prefix="eval",
+                                    name=target.name if several or long_form else None,
+                                    primary=index == 0 and not long_form)
             merged.update(result)
             merged["eval_seconds_all"] += result["seconds"]
     return merged
@@ -359,9 +386,18 @@ def run_evaluation(run: Run, progress: Progress, target: EvalTarget, prefix: str
         file_name = f"step-{state.step}.jsonl"
     else:
         file_name = f"{name or prefix}-step-{state.step}.jsonl"
-    result = evaluate(run.model, eval_set, run.processor.tokenizer, target.generation, run.accelerator,
-                      target.normalizer, os.path.join(cfg.training.output_dir, "eval", file_name),
-                      synced_gpus=run.synced_gpus)
+    predictions_path = os.path.join(cfg.training.output_dir, "eval", file_name)
+    long_form = isinstance(eval_set, LongFormSet)
+    if long_form:
+        generation = target.generation
+        result = evaluate_long_form(run.model, run.processor, eval_set, language=generation.language,
+                                    task=generation.task, num_beams=generation.num_beams,
+                                    max_new_tokens=min(generation.max_length, LONG_FORM_MAX_NEW_TOKENS),
+                                    accelerator=run.accelerator, input_dtype=run.input_dtype,
+                                    normalizer=target.normalizer, predictions_path=predictions_path)
+    else:
+        result = evaluate(run.model, eval_set, run.processor.tokenizer, target.generation, run.accelerator,
+                          target.normalizer, predictions_path, synced_gpus=run.synced_gpus)
     values = {key: value for key, value in result.items() if key in LOGGED}
     record = {f"{prefix}_{key}": value for key, value in values.items()} if primary else {}
     if name:
@@ -372,13 +408,16 @@ def run_evaluation(run: Run, progress: Progress, target: EvalTarget, prefix: str
                               **{f"{prefix}_{key}": value for key, value in values.items()}})
     state.log_history.append({"step": state.step, **record})
     loops = result.get("loop_rate")
+    loop_words = (f"repetition loops {_pct(loops)} | timestamp error {_num(result.get('timestamp_error_s'))} s"
+                  if long_form else f"ran to the length limit {_pct(loops)}")
+    unit = "recordings" if long_form else "clips"
     run.logger.info(
         f"{prefix} {name or eval_set.split} at step {state.step}: WER {_pct(result.get('wer'))} | "
         f"CER {_pct(result.get('cer'))} | raw WER {_pct(result.get('wer_raw'))} | "
-        f"ran to the length limit {_pct(loops)} | sub/del/ins {result.get('substitutions', 0)}/"
+        f"{loop_words} | sub/del/ins {result.get('substitutions', 0)}/"
         f"{result.get('deletions', 0)}/{result.get('insertions', 0)} | "
-        f"{result['samples']} clips in {format_duration(result['seconds'])} "
-        f"({result['samples_per_second']:.1f} clips/s)")
+        f"{result['samples']} {unit} in {format_duration(result['seconds'])} "
+        f"({result['samples_per_second']:.1f} {unit}/s)")
     if eval_set.report is not None and eval_set.report.skipped:
         run.logger.info(f"  {eval_set.report.summary()}")
     return {**result, **record}

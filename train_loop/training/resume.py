@@ -34,7 +34,13 @@ LAYOUT_FLAGS = {
     "seed": "--seed",
     "streaming": "--streaming",
     "group_by_length": "--group_by_length",
+    "timestamp_probability": "--timestamp_probability",
+    "prev_text_probability": "--prev_text_probability",
+    "no_speech_probability": "--no_speech_probability",
+    "speech_bounds": "--speech_bounds",
 }
+# Packing flags shape every window (which clips, gaps, labels): a change reorders the epoch.
+PACKING_FLAGS = ("timestamp_probability", "prev_text_probability", "no_speech_probability", "speech_bounds")
 
 
 # Flags whose change makes the checkpoint's weights or optimizer state not fit the model: a
@@ -72,7 +78,8 @@ def run_layout(config, accelerator, train_batches: TrainBatches) -> dict[str, An
         "seed": config.training.seed,
         "streaming": config.source.streaming,
         "group_by_length": config.data.group_by_length,
-        "train_rows": train_batches.rows_key,
+        "train_rows": train_batches.rows_key,  # with packing: of the indexed clips ("packed" + ids)
+        **({name: getattr(config.packing, name) for name in PACKING_FLAGS} if config.packing.pack_to_window else {}),
     }
 
 
@@ -164,7 +171,7 @@ def place_data(batches: TrainBatches, state: TrainerState, saved: dict[str, Any]
         notes += [note] if note else []
     if differences:
         notes.insert(0, f"not an exact continuation, the layout changed: {described}")
-        reordered = [LAYOUT_FLAGS[key] for key in ("seed", "group_by_length") if key in differences]
+        reordered = [LAYOUT_FLAGS[key] for key in ("seed", "group_by_length", *PACKING_FLAGS) if key in differences]
         if current.get("group_by_length") and {"per_device_train_batch_size", "num_processes"} & differences.keys():
             reordered.append("the global batch size (with --group_by_length the groups depend on it)")
         if reordered:

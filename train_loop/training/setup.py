@@ -32,7 +32,8 @@ from ..data.build import EvalSet, build_eval_set, build_train_batches
 from ..data.config import SourceConfig
 from ..data.loaders import TrainBatches, close_loader, steps_for_epochs
 from ..data.prepared import cache_root
-from ..data.sources import has_split
+from ..data.longform import LongFormSet, build_long_recordings, read_long_recordings
+from ..data.sources import has_split, load_rows
 from ..evaluation.config import eval_split_sets, metric_name
 from ..evaluation.generation import GenerationSettings
 from ..outputs.hub import HubUpload
@@ -126,6 +127,11 @@ def check_launch(config: TrainConfig, accelerator: Accelerator) -> None:
             raise UserError("--ema_decay under DeepSpeed ZeRO-3 is not supported (each process holds only "
                             "a shard of the weights); use ZeRO-2 or DDP, or average checkpoints with "
                             "python -m train_loop.average")
+        if config.eval.eval_long_form:
+            raise UserError("--eval_long_form under DeepSpeed ZeRO-3 is not supported: sequential long-form decoding "
+                            "runs a different number of windows on each process, and ZeRO-3's sharded generate "
+                            "would wait forever; use ZeRO-2 or DDP, or transcribe the saved model with "
+                            "python -m train_loop.transcribe")
 
 
 def use_deterministic_kernels(enabled: bool) -> bool:
@@ -228,10 +234,25 @@ def training_data(config: TrainConfig, processor, session: Session) -> TrainBatc
     batches = build_train_batches(
         config.source, config.data, config.filters, processor, session.accelerator,
         batch_size=config.training.per_device_train_batch_size, seed=config.training.seed,
-        eval_normalizer=config.scoring.eval_normalizer)
+        eval_normalizer=config.scoring.eval_normalizer, packing=config.packing)
+    if config.packing.pack_to_window:
+        session.logger.info(describe_packing(batches, config))
     session.logger.info(batches.report.summary() if not config.source.streaming else
                         f"{config.data.train_split_name}: streaming (skipped clips are reported as they are read)")
     return batches
+
+
+def describe_packing(batches: TrainBatches, config: TrainConfig) -> str:
+    """One line: what epoch 0's packed windows hold, so a user sees what packing did."""
+    windows = batches.sampler.windows(0)
+    speech = [w for w in windows if not w.no_speech]
+    clips = sum(len(w.pieces) for w in speech)
+    audio = sum(p.cut_end - p.cut_start for w in speech for p in w.pieces)
+    window = batches.sampler.plan.window_seconds
+    return (f"packing: {clips:,} clips into {len(speech):,} windows of {window:g} s ({clips / max(1, len(speech)):.1f} "
+            f"clips and {audio / max(1, len(speech)):.1f} s of speech per window, {100 * audio / max(1e-9, window * len(speech)):.0f}% "
+            f"of the window) + {len(windows) - len(speech)} without speech; timestamps in "
+            f"{sum(w.timestamps for w in speech):,}, previous text in {sum(bool(w.prompt_clips) for w in speech):,}")
 
 
 def generation_settings(config: TrainConfig) -> GenerationSettings:
@@ -275,7 +296,24 @@ def evaluation_sets(config: TrainConfig, processor, session: Session) -> list[Ev
             session.logger.info(f"forgetting guard ({language}, {ev.guard_data_dir}): {guard.report.summary()}")
         targets.append(EvalTarget("guard", guard, dataclasses.replace(generation, language=language),
                                   get_normalizer(ev.guard_normalizer)))
+    if ev.eval_long_form:
+        long_form = long_form_set(config, session)
+        session.logger.info(f"long-form evaluation: {long_form.source}, {long_form.seconds / 60:.1f} minutes"
+                            + (f"; {long_form.report.summary()}" if long_form.report and long_form.report.skipped else ""))
+        targets.append(EvalTarget("longform", long_form, generation, scoring_normalizer(config)))
     return targets
+
+
+def long_form_set(config: TrainConfig, session: Session) -> LongFormSet:
+    """--eval_long_form's recordings: built from the first evaluation split, or read from
+    --long_form_data_dir."""
+    ev = config.eval
+    if ev.long_form_data_dir:
+        return read_long_recordings(ev.long_form_data_dir, config.source.text_column_name, ev.long_form_recordings)
+    split = eval_split_sets(config.data.eval_split_name)[0]
+    rows = load_rows(config.source, split)
+    return build_long_recordings(rows, ev.long_form_minutes, ev.long_form_recordings, config.packing.speech_bounds,
+                                 seed=config.training.seed)
 
 
 def eval_set_for(config: TrainConfig, processor, accelerator: Accelerator, logger: RunLogger, split: str,
@@ -315,7 +353,7 @@ def prepare_only(config: TrainConfig, processor, session: Session, train_batches
                                   max_samples=None).loader)
     train_batches.close()
     for target in eval_targets:
-        close_loader(target.eval_set.loader)
+        close_loader(getattr(target.eval_set, "loader", None))  # long-form sets have none
     session.logger.info(f"--prepare_only: every split is prepared in {cache_root(config.source)}; runs with "
                         "the same data flags and --cache_dir read it without preparing again")
     session.accelerator.end_training()
