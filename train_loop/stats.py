@@ -20,8 +20,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from .core.console import run_tool
-from .core.flags import flag, parse_sections
-from .data.config import DataConfig, FilterConfig, SourceConfig
+from .core.errors import UserError
+from .core.flags import at_least, flag, parse_sections
+from .data.config import DataConfig, FilterConfig, PackingConfig, SourceConfig
 from .data.features import SKIP_OVER_WINDOW
 from .evaluation.config import SavedModelConfig
 
@@ -38,18 +39,29 @@ class StatsConfig:
     _argument_group_name = "Which splits and which tokenizer (stats)"
 
     splits: str = flag("train,validation,test", "Comma-separated splits ('+' concatenates within one).")
+    show_examples: int = flag(
+        0, "Print the first N training examples of the first split as the model sees them: the decoder "
+        "input with its special tokens (<|startofprev|>, timestamps, <|nocaptions|>) and which tokens "
+        "carry loss. Needs --model; honours the packing flags (--pack_to_window ...).", check=at_least(0))
+    seed: int = flag(42, "--show_examples: the training run's --seed (the order and draws of the examples).")
 
 
 # --model (or --model_name_or_path): the Whisper whose processor tokenizes the labels; it adds label
 # lengths and prepares the features training reuses (none: counts, hours and durations need no
 # model). --language and --task give the label prefix (default: the model's language, else be).
-SECTIONS = {"stats": StatsConfig, "saved": SavedModelConfig, "source": SourceConfig, "filters": FilterConfig}
+SECTIONS = {"stats": StatsConfig, "saved": SavedModelConfig, "source": SourceConfig, "filters": FilterConfig,
+            "packing": PackingConfig}
 
 
 def main(argv: list[str] | None = None) -> int:
     def body():
         sections = parse_sections(SECTIONS, argv, prog="train_loop.stats", description=__doc__.split("\n\n")[0])
-        print(dataset_statistics(sections["stats"], sections["source"], sections["filters"], sections["saved"]))
+        options = sections["stats"]
+        if options.show_examples:
+            print(training_examples(options, sections["source"], sections["filters"], sections["packing"],
+                                    sections["saved"]))
+            return
+        print(dataset_statistics(options, sections["source"], sections["filters"], sections["saved"]))
 
     return run_tool(body)
 
@@ -67,6 +79,54 @@ def dataset_statistics(options: StatsConfig, source: SourceConfig, filters: Filt
     for split in [s.strip() for s in options.splits.split(",") if s.strip()]:
         rows = load_rows(source, split)
         blocks.append(_describe(split, rows.name, *measure(rows)))
+    return "\n\n".join(blocks)
+
+
+def training_examples(options: StatsConfig, source: SourceConfig, filters: FilterConfig, packing: PackingConfig,
+                      saved: SavedModelConfig) -> str:
+    """``--show_examples N``: the first N examples of the first split, built exactly as training
+    builds them (one process, the given seed), shown token by token."""
+    import torch
+    from accelerate import Accelerator
+
+    from .core.model import load_processor, model_language
+    from .data.build import build_train_batches
+
+    if not saved.model:
+        raise UserError("--show_examples needs --model: its tokenizer and feature extractor build the examples")
+    source.kind()
+    token_language = model_language(saved.model, saved.language) or "be"
+    processor = load_processor(saved.model, token_language, saved.task)
+    split = [s.strip() for s in options.splits.split(",") if s.strip()][0]
+    data = DataConfig(train_split_name=split, dataloader_num_workers=0)
+    batches = build_train_batches(source, data, filters, processor, Accelerator(cpu=True), batch_size=1,
+                                  seed=options.seed, eval_normalizer="belarusian", packing=packing)
+    tokenizer = processor.tokenizer
+    blocks = [f"{split}: the first {options.show_examples} training examples (seed {options.seed}); "
+              "[token] = decoder input whose next token carries loss, (token) = input without loss"]
+    try:
+        for number in range(options.show_examples):
+            batch = next(batches)
+            inputs, labels = batch["decoder_input_ids"][0], batch["labels"][0]
+            used = labels != -100
+            shown = []
+            for position, token in enumerate(inputs.tolist()):
+                if position >= len(labels) or (not used[position:].any()):
+                    break
+                piece = tokenizer.decode([token], skip_special_tokens=False, decode_with_timestamps=True)
+                shown.append(f"[{piece}]" if used[position] else f"({piece})")
+            last = labels[used][-1:].tolist()
+            ending = tokenizer.decode(last, skip_special_tokens=False) if last else ""
+            frames = int((batch["input_features"][0].abs().sum(0) != 0).sum())
+            blocks.append(
+                f"example {number + 1}: {batch['ids'][0]}\n"
+                f"  audio: {batch['audio_seconds']:.2f} s of clips in a {frames / 100:g} s input window\n"
+                f"  reference: {batch['texts'][0]}\n"
+                f"  decoder: {''.join(shown)} -> {ending}\n"
+                f"  loss on {int(used.sum())} of {len(inputs)} positions")
+    finally:
+        batches.close()
+    del torch
     return "\n\n".join(blocks)
 
 

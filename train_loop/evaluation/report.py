@@ -67,6 +67,7 @@ def write_results(output_dir: str, state, config) -> str:
         "best": {"metric": config.checkpoint.metric_for_best_model, "value": state.best_metric,
                  "step": state.best_step, "checkpoint": state.best_checkpoint},
         "steps": state.step,
+        "train_seconds": round(state.train_seconds, 1),
         "train_audio_seconds": round(state.audio_seconds_seen, 2),
         "train_audio_seconds_per_second": train_audio_rate(state),
         "normalizer": config.scoring.eval_normalizer,
