@@ -33,18 +33,19 @@ def tone(seconds: float, sampling_rate: int = 16000, freq: float = 220.0, channe
 
 
 def write_audiofolder(root: Path, splits: dict[str, list[str]], seconds: float = 1.0,
-                      text_column: str = "sentence") -> Path:
-    """{split}/metadata.csv + one generated wav per transcript (frequency varies per row)."""
+                      text_column: str = "sentence", speakers: int = 0) -> Path:
+    """{split}/metadata.csv + one generated wav per transcript (frequency varies per row);
+    ``speakers`` > 0 adds Common Voice's client_id column (row i: speaker i % speakers)."""
     for split, texts in splits.items():
         folder = root / split
         folder.mkdir(parents=True, exist_ok=True)
         with open(folder / "metadata.csv", "w", encoding="utf-8", newline="") as handle:
             writer = csv.writer(handle)
-            writer.writerow(["file_name", text_column])
+            writer.writerow(["file_name", text_column] + (["client_id"] if speakers else []))
             for index, text in enumerate(texts):
                 name = f"{split}-{index:03d}.wav"
                 sf.write(folder / name, tone(seconds, freq=150 + 40 * (index % 9)), 16000)
-                writer.writerow([name, text])
+                writer.writerow([name, text] + ([f"speaker-{index % speakers}"] if speakers else []))
     return root
 
 

@@ -4,9 +4,10 @@ consecutive speech instead of one short clip padded with silence.
 Three parts:
 
 * ``index_split``: one pass over the split (cached on disk like prepared features) that records
-  per clip its duration, where its speech starts and ends (``speech_bounds.py``), its speaker
-  and its transcript tokens. No features are stored: a window's log-mel is computed from its
-  audio in the DataLoader workers.
+  per clip its duration, where its speech starts and ends (``speech_bounds.py``), its speaker,
+  its transcript tokens and its audio, decoded and resampled once to 16 kHz and stored as FLAC
+  (lossless for 16-bit sources, about half of raw PCM, and decoding it needs no resampling: a
+  window is assembled and featurized in a DataLoader worker in milliseconds).
 * ``plan_windows``: epoch ``e``'s windows, a pure function of (seed, e) and the index. One
   speaker's clips go together (``--speaker_column_name``); each clip is cut to its speech plus a
   short margin and placed after a random gap until the next one would not fit the window (in
@@ -27,6 +28,7 @@ tokenizer names ``<|nocaptions|>`` in the original multilingual vocabulary).
 
 from __future__ import annotations
 
+import io
 import math
 import os
 from dataclasses import dataclass
@@ -34,6 +36,7 @@ from typing import Any, Iterator
 
 import datasets
 import numpy as np
+import soundfile
 import torch
 
 from ..core.errors import UserError
@@ -61,6 +64,7 @@ def _index_features() -> datasets.Features:
         "tokens": datasets.List(datasets.Value("int32")), "duration": datasets.Value("float32"),
         "speech_start": datasets.Value("float32"), "speech_end": datasets.Value("float32"),
         "skip_reason": datasets.Value("string"), "detail": datasets.Value("string"),
+        "flac": datasets.Value("binary"),  # the clip at 16 kHz, 16-bit FLAC
     })
 
 
@@ -77,7 +81,7 @@ class _IndexBatch:
         out: dict[str, list] = {key: [] for key in _index_features()}
         for row_id, audio, text, speaker in zip(batch["id"], batch["audio"], batch["text"], batch["speaker"]):
             entry = {"id": row_id, "text": text or "", "speaker": speaker or "", "tokens": [], "duration": 0.0,
-                     "speech_start": 0.0, "speech_end": 0.0, "skip_reason": "", "detail": ""}
+                     "speech_start": 0.0, "speech_end": 0.0, "skip_reason": "", "detail": "", "flac": b""}
             if not text or not text.strip():
                 entry["skip_reason"] = SKIP_EMPTY_TEXT
             else:
@@ -95,9 +99,24 @@ class _IndexBatch:
                         entry.update(skip_reason=SKIP_NO_SPEECH, detail=f"{row_id}: no speech detected")
                     else:
                         entry["speech_start"], entry["speech_end"] = span
+                        entry["flac"] = encode_flac(waveform)
             for key, value in entry.items():
                 out[key].append(value)
         return out
+
+
+def encode_flac(waveform: np.ndarray) -> bytes:
+    """16-bit FLAC, scaled by 32768 as soundfile reads it back: a 16-bit source survives exactly
+    (libsndfile's own float writer scales by 32767, which would move samples by one step)."""
+    pcm = np.clip(np.round(waveform.astype(np.float64) * 32768), -32768, 32767).astype(np.int16)
+    buffer = io.BytesIO()
+    soundfile.write(buffer, pcm, SAMPLING_RATE, format="FLAC", subtype="PCM_16")
+    return buffer.getvalue()
+
+
+def decode_flac(data: bytes) -> np.ndarray:
+    waveform, _ = soundfile.read(io.BytesIO(data), dtype="float32")
+    return waveform
 
 
 def text_tokens(featurizer: Featurizer, text: str) -> list[int]:
@@ -109,7 +128,7 @@ def text_tokens(featurizer: Featurizer, text: str) -> list[int]:
 class ClipIndex:
     """The usable clips of a split: metadata in memory (for planning), the table on disk."""
 
-    table: datasets.Dataset  # columns of _index_features plus "audio"
+    table: datasets.Dataset  # columns of _index_features
     keep: np.ndarray  # table positions of the usable clips
     durations: np.ndarray
     speech: np.ndarray  # (clips, 2): speech start and end in seconds
@@ -131,15 +150,14 @@ def index_split(source: RowSource, featurizer: Featurizer, filters: Filters, bou
     rows = source.rows
     if max_rows is not None and max_rows < len(rows):
         rows = rows.select(range(max_rows))
-    folder = os.path.join(cache_root, "clip-index", content_hash(source.fingerprint, cache_key, bounds, len(rows)))
+    folder = os.path.join(cache_root, "clip-index",
+                          content_hash("index-v1", source.fingerprint, cache_key, bounds, len(rows)))
     os.makedirs(folder, exist_ok=True)
     num_proc = max(1, min(num_proc, len(rows)))
-    features = _index_features()
-    features["audio"] = rows.features["audio"]
     table = rows.map(
         _IndexBatch(featurizer, SpeechBounds(bounds)), batched=True, batch_size=16,
-        num_proc=num_proc if num_proc > 1 else None, remove_columns=[c for c in rows.column_names if c != "audio"],
-        features=features, cache_file_name=os.path.join(folder, "index.arrow"), load_from_cache_file=True,
+        num_proc=num_proc if num_proc > 1 else None, remove_columns=rows.column_names,
+        features=_index_features(), cache_file_name=os.path.join(folder, "index.arrow"), load_from_cache_file=True,
         desc=f"Indexing {source.split} for packing ({len(rows):,} clips, {num_proc} processes)")
     meta = table.select_columns(["skip_reason", "detail", "duration", "tokens", "speech_start", "speech_end",
                                  "speaker"]).to_dict()
@@ -402,11 +420,7 @@ class PackedWindows(torch.utils.data.Dataset):
             noise = np.random.default_rng(window.noise_seed).standard_normal(len(waveform)).astype(np.float32)
             waveform += window.noise_level * noise
         for piece in window.pieces:
-            try:
-                clip = decode_audio(rows[piece.clip]["audio"], SAMPLING_RATE)
-            except AudioDecodeError as err:  # indexed as readable: the file changed since
-                raise UserError(f"{err}; the file changed after it was indexed: restore it, or delete the "
-                                "clip index under --cache_dir to index the data again") from None
+            clip = decode_flac(rows[piece.clip]["flac"])
             part = clip[int(round(piece.cut_start * SAMPLING_RATE)) : int(round(piece.cut_end * SAMPLING_RATE))]
             at = int(round(piece.offset * SAMPLING_RATE))
             part = part[: max(0, len(waveform) - at)]

@@ -10,6 +10,8 @@ of int16 audio. ``file``: the whole file is speech (data that is already trimmed
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 
@@ -35,7 +37,9 @@ class SpeechBounds:
         from silero_vad import get_speech_timestamps, load_silero_vad
 
         if self._model is None:
-            self._model = load_silero_vad()
+            with warnings.catch_warnings():  # silero-vad 6 loads a TorchScript file: torch.jit.load's notice
+                warnings.simplefilter("ignore", DeprecationWarning)
+                self._model = load_silero_vad()
         with torch.no_grad():
             spans = get_speech_timestamps(torch.from_numpy(np.ascontiguousarray(waveform, dtype=np.float32)),
                                           self._model, sampling_rate=SAMPLING_RATE, speech_pad_ms=30)
