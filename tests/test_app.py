@@ -31,7 +31,8 @@ def _snapshot(folder):
 def app_on_a_run(tiny_model_dir, dataset_dir, tmp_path):
     out = tmp_path / "run"
     assert train_main.main(train_args(tiny_model_dir, dataset_dir, out, tmp_path / "cache", max_steps=4,
-                                      eval_steps=2, save_steps=2)) == 0
+                                      eval_steps=2, save_steps=2, eval_long_form="true", long_form_minutes=0.05,
+                                      speech_bounds="file")) == 0
     before = _snapshot(out)
     port = free_port()
     process = subprocess.Popen([sys.executable, "-m", "train_loop.app", str(out), "--port", str(port),
@@ -100,6 +101,7 @@ def test_the_page_shows_the_wer_table_the_errors_and_transcribes_a_clip(app_on_a
         table = _wait_for(lambda: "validation" in browser.find_element(By.ID, "wer-table").text
                           and browser.find_element(By.ID, "wer-table").text)
         assert "test" in table and "WER %" in table
+        assert "long-form (recordings)" in table and "timestamp error s" in table
         browser.save_screenshot(str(tmp_path / "run-tab.png"))
 
         _tab(browser, "Errors")

@@ -153,6 +153,39 @@ def test_parity_check_prints_both_wers_writes_a_report_and_gates_the_exit_status
     report = json.loads((tmp_path / "a" / "parity.json").read_text())
     assert report["clips"] == 3 and report["passed"] is False
     assert {"transformers_wer", "runtime_wer", "differing", "examples"} <= set(report)
+    assert "long-form check skipped: the check split's clips make 4 s" in failing.stdout
+    assert report["long_form"] is None
+
+
+@pytest.fixture(scope="module")
+def model_30s_one_layer(tmp_path_factory):
+    """A 30 s model with one decoder layer: whisper.cpp takes a 2-layer decoder for the first
+    distil-whisper release and switches its timestamps off."""
+    from train_loop.synthetic.models import build_random_whisper
+
+    return build_random_whisper(str(tmp_path_factory.mktemp("tiny-30s-1")), chunk_length=30, d_model=64,
+                                encoder_layers=1, decoder_layers=1, heads=4)
+
+
+@pytest.mark.parametrize("fmt", ["ctranslate2", "ggml"])
+def test_parity_check_decodes_a_long_file_with_timestamps_in_both(model_30s_one_layer, tmp_path, fmt):
+    """The check split's clips joined into one file past the 30 s window: transformers and the
+    runtime both decode it sequentially with timestamps; segments increase and stay inside the file.
+    (A random model's words mean nothing, so the WER gate is opened; test_real_whisper holds it.)"""
+    pytest.importorskip("faster_whisper" if fmt == "ctranslate2" else "pywhispercpp")
+    data = write_audiofolder(tmp_path / "data", {"test": SENTENCES}, seconds=4.0)
+    result = export("--model", model_30s_one_layer, "--format", fmt, "--check_data_dir", data, "--check_split", "test",
+                    "--generation_max_length", "20", "--language", "be", "--output_dir", tmp_path / "out",
+                    "--max_wer_increase", "10000")
+    long_form = json.loads((tmp_path / "out" / "parity.json").read_text())["long_form"]
+    assert long_form["clips"] == 8 and long_form["seconds"] == pytest.approx(8 * 4.5, abs=0.1)
+    for side in ("transformers", fmt):
+        assert long_form[side]["segments"] > 1 and long_form[side]["increasing"], long_form[side]
+    assert long_form["transformers"]["inside"]  # clamped to the file, as train_loop.transcribe does
+    # the runtime decodes as transformers does: the first window's segments start at the same times
+    first = [start for start, _ in long_form["transformers"]["segment_times"] if start < 30]
+    assert [start for start, _ in long_form[fmt]["segment_times"][: len(first)]][:3] == pytest.approx(first[:3], abs=0.05)
+    assert "long-form, timestamps on (8 clips in one 36 s file)" in result.stdout
 
 
 def test_export_from_a_checkpoint_folder_and_clear_errors(model_30s, tmp_path, capsys):

@@ -109,15 +109,20 @@ class RunFolder:
         return best
 
     def evaluations(self) -> list[dict[str, Any]]:
-        """One row per evaluation in metrics.jsonl: step, split, clips, WER, CER, raw WER."""
+        """One row per evaluation in metrics.jsonl: step, split, clips, WER, CER, raw WER, loops and
+        (long-form) the timestamp error; a long-form row counts recordings, not clips."""
         flags = self.flags()
         rows = []
         for record in self.metrics():
-            for prefix, split_flag in (("eval", "eval_split_name"), ("test", "test_split_name")):
+            for prefix, split_flag in (("eval", "eval_split_name"), ("test", "test_split_name"),
+                                       ("eval_longform", None)):
                 if f"{prefix}_samples" in record:
-                    rows.append({"step": record["step"], "split": flags.get(split_flag, prefix), "kind": prefix,
+                    split = flags.get(split_flag, prefix) if split_flag else "long-form (recordings)"
+                    rows.append({"step": record["step"], "split": split, "kind": prefix,
                                  "clips": record.get(f"{prefix}_samples"), "wer": record.get(f"{prefix}_wer"),
-                                 "cer": record.get(f"{prefix}_cer"), "wer_raw": record.get(f"{prefix}_wer_raw")})
+                                 "cer": record.get(f"{prefix}_cer"), "wer_raw": record.get(f"{prefix}_wer_raw"),
+                                 "loops": record.get(f"{prefix}_loop_rate"),
+                                 "timestamp_error": record.get(f"{prefix}_timestamp_error_s")})
         return rows
 
     def prediction_files(self) -> dict[str, str]:
@@ -316,7 +321,8 @@ def build_page(run: RunFolder, compare: str | None = None, max_new_tokens: int =
 
     def run_summary():
         evaluations = run.evaluations()
-        table = [[e["step"], e["split"], e["clips"], _pct(e["wer"]), _pct(e["cer"]), _pct(e["wer_raw"])]
+        table = [[e["step"], e["split"], e["clips"], _pct(e["wer"]), _pct(e["cer"]), _pct(e["wer_raw"]),
+                  _pct(e["loops"]), "" if e["timestamp_error"] is None else f"{e['timestamp_error']:.2f}"]
                  for e in evaluations]
         best = run.best()
         normalizer = flags.get("eval_normalizer", "belarusian")
@@ -358,7 +364,8 @@ def build_page(run: RunFolder, compare: str | None = None, max_new_tokens: int =
         gr.Markdown(f"# {os.path.basename(os.path.normpath(run.root))}")
         with gr.Tab("Run"):
             summary = gr.Markdown()
-            wer_table = gr.Dataframe(headers=["step", "split", "clips", "WER %", "CER %", "raw WER %"],
+            wer_table = gr.Dataframe(headers=["step", "split", "clips", "WER %", "CER %", "raw WER %", "loops %",
+                                              "timestamp error s"],
                                      label="WER table", interactive=False, elem_id="wer-table")
             curves = gr.Plot(label="training curves")
             with gr.Accordion("the run's flags", open=False):

@@ -226,14 +226,75 @@ def check_parity(options: ExportConfig, source: SourceConfig, exported: str, sav
     verdict = "passed" if passed else "FAILED"
     print(f"  {verdict}: {options.format} WER is {other_wer - ours_wer:+.2f} points from transformers "
           f"(allowed: +{options.max_wer_increase:g})", flush=True)
+    long_form = long_form_parity(options, reference, exported, saved, decoding, normalize)
+    passed = passed and (long_form is None or long_form["passed"])
     report = os.path.join(options.output_dir, "parity.json")
     with open(report, "w", encoding="utf-8") as handle:
         json.dump({"format": options.format, "split": options.check_split, "clips": len(ids),
                    "transformers_wer": ours_wer, "runtime_wer": other_wer, "differing": len(differing),
                    "passed": passed, "max_wer_increase": options.max_wer_increase,
-                   "examples": [{"id": i, "transformers": a, "runtime": b} for i, a, b in differing[:20]]},
+                   "examples": [{"id": i, "transformers": a, "runtime": b} for i, a, b in differing[:20]],
+                   "long_form": long_form},
                   handle, ensure_ascii=False, indent=2)
     return passed
+
+
+LONG_FORM_GAP_SECONDS = 0.5
+LONG_FORM_MAX_SECONDS = 120.0
+
+
+def long_form_parity(options: ExportConfig, reference: dict, exported: str, saved: SavedModelConfig,
+                     decoding: DecodingConfig, normalize) -> dict | None:
+    """The check split's clips joined (0.5 s apart, up to 2 minutes) into one file longer than the
+    window, transcribed with timestamps by transformers' sequential long-form decoding and by the
+    runtime's: both WERs, and segments that increase and stay inside the file. None (with a note)
+    when the clips make no file longer than the window."""
+    import numpy as np
+
+    from .data.audio import SAMPLING_RATE, decode_audio
+    from .evaluation.metrics import error_rates
+    from .evaluation.transcriber import Transcriber
+
+    transformers_side = Transcriber(saved.model, reference["language"], saved.task, decoding.num_beams, "auto",
+                                    decoding.generation_max_length)
+    parts, texts = [], []
+    for row in reference["rows"]:
+        parts += [decode_audio(reference["audio"][row["id"]]), np.zeros(int(LONG_FORM_GAP_SECONDS * SAMPLING_RATE),
+                                                                        dtype=np.float32)]
+        texts.append(row["reference"])
+        if sum(len(p) for p in parts) >= LONG_FORM_MAX_SECONDS * SAMPLING_RATE:
+            break
+    waveform = np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
+    seconds = len(waveform) / SAMPLING_RATE
+    if seconds <= transformers_side.window_seconds:
+        print(f"  long-form check skipped: the check split's clips make {seconds:.0f} s, not more than the "
+              f"{transformers_side.window_seconds:g} s window (a check split with more clips makes one)")
+        return None
+    runtime = RUNTIMES[options.format].long_form_transcriber(exported, reference["language"], saved.task,
+                                                            decoding.generation_max_length, decoding.num_beams)
+    joined = " ".join(texts)
+    results = {}
+    for side, transcribe in (("transformers", lambda w: transformers_side([w], timestamps=True)[0]),
+                             (options.format, runtime)):
+        text, segments = transcribe(waveform)
+        starts = [segment["start"] for segment in segments]
+        results[side] = {"wer": error_rates([joined], [text], normalize).get("wer", float("nan")),
+                         "segments": len(segments), "increasing": starts == sorted(starts),
+                         "inside": all(0 <= s["start"] <= s["end"] <= seconds + 0.5 for s in segments),
+                         "text": text, "segment_times": [[s["start"], s["end"]] for s in segments]}
+    ours, theirs = results["transformers"], results[options.format]
+    # The gate is parity (WER); whether segments increase and stay inside the file is reported: a
+    # model's own timestamps can overrun a short last window (transformers' side is clamped here,
+    # as train_loop.transcribe clamps it; the runtimes report theirs as they come).
+    passed = theirs["wer"] <= ours["wer"] + options.max_wer_increase
+    print(f"  long-form, timestamps on ({len(texts)} clips in one {seconds:.0f} s file):")
+    for side, result in results.items():
+        print(f"    {side:<14} WER {result['wer']:7.2f}%   {result['segments']} segments, "
+              f"{'increasing' if result['increasing'] else 'NOT increasing'}, "
+              f"{'inside the file' if result['inside'] else 'NOT inside the file'}")
+    print(f"  {'passed' if passed else 'FAILED'}: long-form {options.format} WER is {theirs['wer'] - ours['wer']:+.2f} "
+          f"points from transformers (allowed: +{options.max_wer_increase:g})", flush=True)
+    return {"seconds": round(seconds, 1), "clips": len(texts), "passed": passed, **results}
 
 
 def transformers_transcripts(options: ExportConfig, source: SourceConfig, saved: SavedModelConfig,

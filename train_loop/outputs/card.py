@@ -18,7 +18,9 @@ _TRAINING_FLAGS = ("model_name_or_path", "language", "task", "max_steps", "num_t
                    "lr_scheduler_type", "warmup_steps", "per_device_train_batch_size",
                    "gradient_accumulation_steps", "mixed_precision", "optim", "weight_decay", "max_grad_norm",
                    "freeze_encoder", "apply_spec_augment", "seed", "max_duration_in_seconds", "do_lower_case",
-                   "do_remove_punctuation")
+                   "do_remove_punctuation", "pack_to_window", "timestamp_probability", "prev_text_probability",
+                   "no_speech_probability", "speech_bounds")
+_PACKING_FLAGS = ("timestamp_probability", "prev_text_probability", "no_speech_probability", "speech_bounds")
 
 _NORMALIZER_NOTES = {
     "belarusian": "WER and CER are computed after the Belarusian normalizer of whisper-train-loop: lower "
@@ -75,19 +77,41 @@ def model_card(run_config: dict[str, Any], evaluations: list[dict[str, Any]], be
                   f"token (`--language_token_from {token}`); ask every runtime for language `{token}`.", ""]
         language = token
     lines += ["## Results", ""]
-    if results:
+    short = [r for r in results if r.get("split") != "longform"]
+    long_form = [r for r in results if r.get("split") == "longform"]
+    if short:
         lines += ["| split | step | clips | WER % | CER % | raw WER % |", "|---|---:|---:|---:|---:|---:|"]
-        for r in results:
+        for r in short:
             p = r["prefix"]
             lines.append(f"| {r.get('split', '')} ({'final model' if p == 'test' else 'during training'}) | "
                          f"{r.get('step', '')} | {r.get(f'{p}_samples', '')} | {_pct(r.get(f'{p}_wer'))} | "
                          f"{_pct(r.get(f'{p}_cer'))} | {_pct(r.get(f'{p}_wer_raw'))} |")
-    else:
+    if long_form:
+        lines += ["", "Long-form (recordings of several minutes decoded with Whisper's sequential algorithm, as "
+                  "faster-whisper and whisper.cpp do; loops: recordings with a repetition loop; timestamp error: "
+                  "mean distance of each true clip start to the nearest predicted segment start):", "",
+                  "| step | recordings | WER % | CER % | loops % | timestamp error s |", "|---:|---:|---:|---:|---:|---:|"]
+        for r in long_form:
+            error = r.get("eval_timestamp_error_s")
+            lines.append(f"| {r.get('step', '')} | {r.get('eval_samples', '')} | {_pct(r.get('eval_wer'))} | "
+                         f"{_pct(r.get('eval_cer'))} | {_pct(r.get('eval_loop_rate'))} | "
+                         f"{'n/a' if error is None else f'{error:.2f}'} |")
+    if not results:
         lines.append("No evaluation yet.")
     lines += ["", _NORMALIZER_NOTES.get(normalizer, ""), "", "## Training", "", "| flag | value |", "|---|---|"]
     shown = [flag for flag in _TRAINING_FLAGS if flag in run_config
-             and not (flag == "num_train_epochs" and (run_config.get("max_steps") or -1) > 0)]  # unused then
+             and not (flag == "num_train_epochs" and (run_config.get("max_steps") or -1) > 0)  # unused then
+             and not (flag in _PACKING_FLAGS and not run_config.get("pack_to_window"))]
     lines += [f"| `--{flag}` | `{run_config[flag]}` |" for flag in shown]
+    if run_config.get("pack_to_window"):
+        lines += ["", f"Trained as Whisper was: its input window (30 s) packed with consecutive clips of one speaker; "
+                  f"{100 * run_config.get('timestamp_probability', 0):.0f}% of windows with segment timestamps, "
+                  f"{100 * run_config.get('prev_text_probability', 0):.0f}% conditioned on the previous text, "
+                  f"{100 * run_config.get('no_speech_probability', 0):.0f}% without speech (labelled no-speech). "
+                  "Timestamps (`return_timestamps=True`) and long recordings were part of its training."]
+    else:
+        lines += ["", "Trained on one clip per example without timestamps (`--pack_to_window` off): long "
+                  "recordings and timestamps may work less well than in the original model."]
     if train_clips:
         lines += ["", f"Training clips used: {train_clips:,} (every skipped clip is listed in the run's train.log)."]
     lines += ["", "## Usage", "", "transformers:", "", "```python", "from transformers import pipeline", "",

@@ -50,7 +50,9 @@ def draw_curves(records: list[dict], title: str):
               ("learning rate", [("learning_rate", "lr")], "linear"),
               ("gradient norm (before clipping)", [("grad_norm", "grad norm")], "log"),
               ("evaluation error rates (%)", [("eval_wer", "WER"), ("eval_cer", "CER"), ("eval_wer_raw", "raw WER"),
-                                              ("test_wer", "test WER"), ("test_cer", "test CER")], "linear")]
+                                              ("test_wer", "test WER"), ("test_cer", "test CER"),
+                                              ("eval_longform_wer", "long-form WER"),
+                                              ("eval_longform_loop_rate", "long-form loops")], "linear")]
     steps = [r["step"] for r in records if isinstance(r.get("step"), int)]
     last_step = max(steps) if steps else 1
     figure, axes = plt.subplots(2, 2, figsize=(11, 7), constrained_layout=True)

@@ -49,3 +49,24 @@ def transcriber(exported: str, language: str, task: str, max_new_tokens: int, nu
         return "".join(segment.text for segment in segments).strip()
 
     return transcribe_faster_whisper
+
+
+def long_form_transcriber(exported: str, language: str, task: str, max_new_tokens: int, num_beams: int = 1):
+    """waveform -> (text, segments) with faster-whisper's sequential long-form decoding and
+    timestamps, settings as in ``transcriber`` otherwise (the export check on a long file)."""
+    try:
+        from faster_whisper import WhisperModel
+    except ImportError:
+        raise UserError("the parity check needs faster-whisper: pip install '.[export]'") from None
+    model = WhisperModel(exported, device="auto", compute_type="default", cpu_threads=os.cpu_count() or 1)
+
+    def transcribe_long(waveform):
+        segments, _ = model.transcribe(
+            waveform, language=language, task=task, beam_size=num_beams, best_of=1, temperature=0.0,
+            condition_on_previous_text=False, without_timestamps=False, vad_filter=False,
+            no_speech_threshold=None, log_prob_threshold=None, compression_ratio_threshold=None,
+            max_new_tokens=max_new_tokens)
+        found = [{"start": round(s.start, 3), "end": round(s.end, 3), "text": s.text.strip()} for s in segments]
+        return " ".join(segment["text"] for segment in found).strip(), found
+
+    return transcribe_long

@@ -162,3 +162,28 @@ def transcriber(exported: str, language: str, task: str, max_new_tokens: int, nu
         return "".join(segment.text for segment in model.transcribe(waveform)).strip()
 
     return transcribe_whisper_cpp
+
+
+def long_form_transcriber(exported: str, language: str, task: str, max_new_tokens: int, num_beams: int = 1):
+    """waveform -> (text, segments) with whisper.cpp's sequential long-form decoding and
+    timestamps, settings as in ``transcriber`` otherwise (the export check on a long file)."""
+    try:
+        from pywhispercpp.model import Model
+    except ImportError:
+        raise UserError("the parity check of a ggml model needs whisper.cpp's Python bindings: pip install "
+                        "'.[export]' (or pip install pywhispercpp)") from None
+    beams = {"params_sampling_strategy": 1, "beam_search": {"beam_size": num_beams, "patience": -1.0}} \
+        if num_beams > 1 else {}
+    model = Model(exported, n_threads=os.cpu_count() or 1, print_realtime=False, print_progress=False,
+                  redirect_whispercpp_logs_to=None, language=language, translate=task == "translate",
+                  no_context=True, no_timestamps=False, single_segment=False, temperature=0.0,
+                  temperature_inc=0.0, max_tokens=max_new_tokens, suppress_blank=True, **beams)
+
+    def transcribe_long(waveform):
+        # whisper.cpp's segment times are in units of 10 ms
+        found = [{"start": segment.t0 / 100, "end": segment.t1 / 100, "text": segment.text.strip()}
+                 for segment in model.transcribe(waveform)]
+        found = [segment for segment in found if segment["text"]]
+        return " ".join(segment["text"] for segment in found).strip(), found
+
+    return transcribe_long
