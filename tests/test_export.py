@@ -167,7 +167,7 @@ def model_30s_one_layer(tmp_path_factory):
                                 encoder_layers=1, decoder_layers=1, heads=4)
 
 
-@pytest.mark.parametrize("fmt", ["ctranslate2", "ggml"])
+@pytest.mark.parametrize("fmt", ["ctranslate2", pytest.param("ggml", marks=pytest.mark.slow)])
 def test_parity_check_decodes_a_long_file_with_timestamps_in_both(model_30s_one_layer, tmp_path, fmt):
     """The check split's clips joined into one file past the 30 s window: transformers and the
     runtime both decode it sequentially with timestamps; segments increase and stay inside the file.
