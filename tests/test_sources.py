@@ -42,9 +42,19 @@ def test_audiofolder_rows(tmp_path):
     root = write_audiofolder(tmp_path, {"train": SENTENCES[:3]})
     rows = load_rows(SourceConfig(data_dir=str(root)), "train")
     assert rows.num_rows == 3
-    assert rows.rows.column_names == ["id", "audio", "text"]
+    assert rows.rows.column_names == ["id", "audio", "text", "speaker"]
     assert rows.rows[0]["text"] == SENTENCES[0]
     assert rows.rows[0]["audio"].endswith("train/train-000.wav")
+    assert rows.rows[0]["speaker"] == ""  # no client_id column
+
+
+@pytest.mark.unit
+def test_the_speaker_column_is_read_when_present(tmp_path):
+    root = write_audiofolder(tmp_path, {"train": SENTENCES[:4]}, speakers=2)
+    rows = load_rows(SourceConfig(data_dir=str(root)), "train")
+    assert rows.rows["speaker"] == ["speaker-0", "speaker-1", "speaker-0", "speaker-1"]
+    renamed = load_rows(SourceConfig(data_dir=str(root), speaker_column_name="nobody"), "train")
+    assert renamed.rows["speaker"] == [""] * 4
 
 
 def test_common_voice_release_folder_loads_and_decodes_mp3(tmp_path, processor):
