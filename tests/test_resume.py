@@ -32,7 +32,8 @@ def resume_data(tmp_path_factory):
 def records(output_dir, name="metrics.jsonl"):
     with open(os.path.join(output_dir, name), encoding="utf-8") as handle:
         return [{k: v for k, v in json.loads(line).items() if k not in ("time", "elapsed_seconds",
-                 "eta_seconds", "samples_per_second", "eval_seconds", "eval_samples_per_second")}
+                 "eta_seconds", "samples_per_second", "audio_seconds_per_second", "eval_seconds",
+                 "eval_samples_per_second")}
                 for line in handle]
 
 
