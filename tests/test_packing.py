@@ -352,6 +352,23 @@ def test_long_recordings_are_built_per_speaker_with_true_starts(tmp_path):
     assert speakers == sorted(speakers)  # one speaker's recordings together, in order
 
 
+@pytest.mark.unit
+def test_real_long_recordings_are_read_from_a_folder(tmp_path):
+    from train_loop.core.errors import UserError
+    from train_loop.data.longform import read_long_recordings
+
+    data = write_audiofolder(tmp_path / "long", {"talks": ["перша лекцыя", "другая лекцыя"]}, seconds=3.0)
+    with open(data / "talks" / "metadata.csv", "a", encoding="utf-8") as handle:
+        handle.write("missing.wav,трэцяя\n")
+    found = read_long_recordings(str(data), "sentence", max_recordings=10)  # the one split folder is found
+    assert [r.reference for r in found.recordings] == ["перша лекцыя", "другая лекцыя"]
+    assert all(r.speech_starts is None and r.duration == pytest.approx(3.0) for r in found.recordings)
+    assert found.report.skipped["unreadable audio"] == 1
+    assert len(found.recordings[0].waveform()) == 48000
+    with pytest.raises(UserError, match="--long_form_data_dir .*: no metadata.csv"):
+        read_long_recordings(str(tmp_path / "nothing"), "sentence", max_recordings=10)
+
+
 def test_eval_long_form_logs_its_metrics(tiny_model_dir, packed_data, tmp_path):
     out = tmp_path / "run"
     flags = {**RUN, "max_steps": 2, "eval_steps": 2, "save_steps": 0, "max_eval_samples": 4,

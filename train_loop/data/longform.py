@@ -126,9 +126,15 @@ def read_long_recordings(folder: str, text_column: str, max_recordings: int) -> 
     from .sources import _read_manifest
 
     manifest = os.path.join(folder, "metadata.csv")
-    if not os.path.isfile(manifest):
-        raise UserError(f"--long_form_data_dir {folder}: no metadata.csv there; it must list the long recordings "
-                        f"(columns file_name and {text_column}) beside their audio files")
+    if not os.path.isfile(manifest):  # an audiofolder with one split folder: {split}/metadata.csv
+        below = sorted(name for name in (os.listdir(folder) if os.path.isdir(folder) else [])
+                       if os.path.isfile(os.path.join(folder, name, "metadata.csv")))
+        if len(below) != 1:
+            raise UserError(f"--long_form_data_dir {folder}: no metadata.csv there (nor in exactly one split folder); "
+                            f"it must list the long recordings (columns file_name and {text_column}) beside their "
+                            "audio files")
+        folder = os.path.join(folder, below[0])
+        manifest = os.path.join(folder, "metadata.csv")
     rows = _read_manifest(manifest, ",", "file_name", text_column)
     recordings, report = [], SkipReport(split="long-form recordings")
     for row in rows.kept[:max_recordings]:
