@@ -288,6 +288,23 @@ def test_silero_finds_speech_after_a_leading_silence(tmp_path):
 
 
 @pytest.mark.unit
+def test_clips_without_detected_speech_are_counted_not_packed(processor, tmp_path):
+    from train_loop.data.config import DataConfig, SourceConfig
+    from train_loop.data.features import Filters, featurizer_for
+    from train_loop.data.packing import SKIP_NO_SPEECH, index_split
+    from train_loop.data.sources import load_rows
+
+    data = write_audiofolder(tmp_path / "data", {"train": SENTENCES[:3]}, seconds=1.0)  # sine tones: no speech
+    rows = load_rows(SourceConfig(data_dir=str(data)), "train")
+    featurizer = featurizer_for(processor, DataConfig(), "belarusian")
+    silero = index_split(rows, featurizer, Filters(max_seconds=2), "silero", str(tmp_path / "cache"), 1, "k")
+    assert len(silero) == 0 and silero.report.skipped[SKIP_NO_SPEECH] == 3
+    assert "no speech detected" in silero.report.summary()
+    whole = index_split(rows, featurizer, Filters(max_seconds=2), "file", str(tmp_path / "cache"), 1, "k")
+    assert len(whole) == 3 and whole.report.summary() == "train: 3 clips, none skipped"
+
+
+@pytest.mark.unit
 def test_indexed_audio_is_stored_exactly_for_16_bit_sources(tmp_path):
     from train_loop.data.audio import decode_audio
     from train_loop.data.packing import decode_flac, encode_flac
