@@ -403,3 +403,22 @@ def test_eval_long_form_logs_its_metrics(tiny_model_dir, packed_data, tmp_path):
     first = json.loads(lines[0])
     assert first["true_starts"] and first["speaker"] in ("speaker-0", "speaker-1")
     assert "| longform " in (out / "train.log").read_text()  # in the WER table
+
+
+@pytest.mark.unit
+def test_the_model_card_says_how_the_model_was_trained_and_reports_long_form():
+    from train_loop.outputs.card import model_card
+
+    evaluations = [{"step": 100, "split": "validation", "primary": True, "eval_samples": 80, "eval_wer": 20.0,
+                    "eval_cer": 8.0, "eval_wer_raw": 25.0},
+                   {"step": 100, "split": "longform", "primary": False, "eval_samples": 6, "eval_wer": 30.5,
+                    "eval_cer": 12.25, "eval_loop_rate": 0.0, "eval_timestamp_error_s": 0.214}]
+    packed = {"model_name_or_path": "openai/whisper-base", "language": "be", "task": "transcribe",
+              "pack_to_window": True, "timestamp_probability": 0.5, "prev_text_probability": 0.2,
+              "no_speech_probability": 0.05, "speech_bounds": "silero"}
+    card = model_card(packed, evaluations, 100, 100, "be-packed")
+    assert "| 100 | 6 | 30.50 | 12.25 | 0.00 | 0.21 |" in card  # the long-form table
+    assert "50% of windows with segment timestamps, 20% conditioned on the previous text, 5% without speech" in card
+    assert "| `--timestamp_probability` | `0.5` |" in card
+    plain = model_card({**packed, "pack_to_window": False}, evaluations[:1], 100, 100, "be-utterances")
+    assert "without timestamps (`--pack_to_window` off)" in plain and "--timestamp_probability" not in plain
