@@ -102,6 +102,7 @@ def training_examples(options: StatsConfig, source: SourceConfig, filters: Filte
     batches = build_train_batches(source, data, filters, processor, Accelerator(cpu=True), batch_size=1,
                                   seed=options.seed, eval_normalizer="belarusian", packing=packing)
     tokenizer = processor.tokenizer
+    window = processor.feature_extractor.n_samples / processor.feature_extractor.sampling_rate
     blocks = [f"{split}: the first {options.show_examples} training examples (seed {options.seed}); "
               "[token] = decoder input whose next token carries loss, (token) = input without loss"]
     try:
@@ -117,10 +118,9 @@ def training_examples(options: StatsConfig, source: SourceConfig, filters: Filte
                 shown.append(f"[{piece}]" if used[position] else f"({piece})")
             last = labels[used][-1:].tolist()
             ending = tokenizer.decode(last, skip_special_tokens=False) if last else ""
-            frames = int((batch["input_features"][0].abs().sum(0) != 0).sum())
             blocks.append(
                 f"example {number + 1}: {batch['ids'][0]}\n"
-                f"  audio: {batch['audio_seconds']:.2f} s of clips in a {frames / 100:g} s input window\n"
+                f"  audio: {batch['audio_seconds']:.2f} s of clips in a {window:g} s input window\n"
                 f"  reference: {batch['texts'][0]}\n"
                 f"  decoder: {''.join(shown)} -> {ending}\n"
                 f"  loss on {int(used.sum())} of {len(inputs)} positions")

@@ -381,6 +381,7 @@ class PackedWindows(torch.utils.data.Dataset):
         self.max_prompt_tokens = max_label_tokens // 2
         self.tokens = WindowTokens(featurizer.tokenizer)
         self.window_samples = int(round(featurizer.window_seconds * SAMPLING_RATE))
+        self.token_rows = index.table.select_columns(["tokens"])
 
     def __len__(self) -> int:
         return len(self.index)
@@ -404,7 +405,8 @@ class PackedWindows(torch.utils.data.Dataset):
             segments = [(piece.offset + rows[piece.clip]["speech_start"] - piece.cut_start,
                          piece.offset + rows[piece.clip]["speech_end"] - piece.cut_start,
                          list(rows[piece.clip]["tokens"])) for piece in window.pieces]
-            prompt = [token for clip in window.prompt_clips for token in self._row(clip)["tokens"]]
+            prompt = [token for clip in window.prompt_clips  # its tokens only: no audio read for a prompt
+                      for token in self.token_rows[int(self.index.keep[clip])]["tokens"]]
             labels = self.tokens.window(segments, window.timestamps, prompt, self.max_prompt_tokens)
             text = " ".join(rows[piece.clip]["text"].strip() for piece in window.pieces)
             ids = [rows[piece.clip]["id"] for piece in window.pieces]

@@ -30,22 +30,31 @@ def export(model, processor, output_dir: str, quantization: str) -> str:
     return output_dir
 
 
-def transcriber(exported: str, language: str, task: str, max_new_tokens: int, num_beams: int = 1):
-    """waveform -> text with faster-whisper, decoding as transformers does here: the same beam
-    width (1: greedy), no timestamps, no temperature fallback, no previous-text prompt, no voice-activity or
-    no-speech skipping."""
+def _load(exported: str):
     try:
         from faster_whisper import WhisperModel
     except ImportError:
         raise UserError("the parity check needs faster-whisper: pip install '.[export]'") from None
-    model = WhisperModel(exported, device="auto", compute_type="default", cpu_threads=os.cpu_count() or 1)
+    return WhisperModel(exported, device="auto", compute_type="default", cpu_threads=os.cpu_count() or 1)
+
+
+def _decode(model, waveform, language: str, task: str, max_new_tokens: int, num_beams: int, timestamps: bool):
+    """faster-whisper decoding as transformers does here: the same beam width (1: greedy), no
+    temperature fallback, no previous-text prompt, no voice-activity or no-speech skipping."""
+    segments, _ = model.transcribe(
+        waveform, language=language, task=task, beam_size=num_beams, best_of=1, temperature=0.0,
+        condition_on_previous_text=False, without_timestamps=not timestamps, vad_filter=False,
+        no_speech_threshold=None, log_prob_threshold=None, compression_ratio_threshold=None,
+        max_new_tokens=max_new_tokens)
+    return list(segments)
+
+
+def transcriber(exported: str, language: str, task: str, max_new_tokens: int, num_beams: int = 1):
+    """waveform -> text with faster-whisper, no timestamps (see ``_decode``)."""
+    model = _load(exported)
 
     def transcribe_faster_whisper(waveform) -> str:
-        segments, _ = model.transcribe(
-            waveform, language=language, task=task, beam_size=num_beams, best_of=1, temperature=0.0,
-            condition_on_previous_text=False, without_timestamps=True, vad_filter=False,
-            no_speech_threshold=None, log_prob_threshold=None, compression_ratio_threshold=None,
-            max_new_tokens=max_new_tokens)
+        segments = _decode(model, waveform, language, task, max_new_tokens, num_beams, timestamps=False)
         return "".join(segment.text for segment in segments).strip()
 
     return transcribe_faster_whisper
@@ -53,20 +62,12 @@ def transcriber(exported: str, language: str, task: str, max_new_tokens: int, nu
 
 def long_form_transcriber(exported: str, language: str, task: str, max_new_tokens: int, num_beams: int = 1):
     """waveform -> (text, segments) with faster-whisper's sequential long-form decoding and
-    timestamps, settings as in ``transcriber`` otherwise (the export check on a long file)."""
-    try:
-        from faster_whisper import WhisperModel
-    except ImportError:
-        raise UserError("the parity check needs faster-whisper: pip install '.[export]'") from None
-    model = WhisperModel(exported, device="auto", compute_type="default", cpu_threads=os.cpu_count() or 1)
+    timestamps (the export check on a long file)."""
+    model = _load(exported)
 
     def transcribe_long(waveform):
-        segments, _ = model.transcribe(
-            waveform, language=language, task=task, beam_size=num_beams, best_of=1, temperature=0.0,
-            condition_on_previous_text=False, without_timestamps=False, vad_filter=False,
-            no_speech_threshold=None, log_prob_threshold=None, compression_ratio_threshold=None,
-            max_new_tokens=max_new_tokens)
-        found = [{"start": round(s.start, 3), "end": round(s.end, 3), "text": s.text.strip()} for s in segments]
+        found = [{"start": round(s.start, 3), "end": round(s.end, 3), "text": s.text.strip()}
+                 for s in _decode(model, waveform, language, task, max_new_tokens, num_beams, timestamps=True)]
         return " ".join(segment["text"] for segment in found).strip(), found
 
     return transcribe_long

@@ -143,9 +143,9 @@ def export(model, processor, output_dir: str, quantization: str) -> str:
     return target
 
 
-def transcriber(exported: str, language: str, task: str, max_new_tokens: int, num_beams: int = 1):
-    """waveform -> text with whisper.cpp (pywhispercpp), decoding as transformers does here: the
-    same beam width (1: greedy), no timestamps, no temperature fallback, no previous-text context."""
+def _load(exported: str, language: str, task: str, max_new_tokens: int, num_beams: int, timestamps: bool):
+    """whisper.cpp decoding as transformers does here: the same beam width (1: greedy), no
+    temperature fallback, no previous-text context; timestamps (sequential long-form) or not."""
     try:
         from pywhispercpp.model import Model
     except ImportError:
@@ -153,10 +153,15 @@ def transcriber(exported: str, language: str, task: str, max_new_tokens: int, nu
                         "'.[export]' (or pip install pywhispercpp)") from None
     beams = {"params_sampling_strategy": 1, "beam_search": {"beam_size": num_beams, "patience": -1.0}} \
         if num_beams > 1 else {}
-    model = Model(exported, n_threads=os.cpu_count() or 1, print_realtime=False, print_progress=False,
-                  redirect_whispercpp_logs_to=None, language=language, translate=task == "translate",
-                  no_context=True, no_timestamps=True, single_segment=True, temperature=0.0,
-                  temperature_inc=0.0, max_tokens=max_new_tokens, suppress_blank=True, **beams)
+    return Model(exported, n_threads=os.cpu_count() or 1, print_realtime=False, print_progress=False,
+                 redirect_whispercpp_logs_to=None, language=language, translate=task == "translate",
+                 no_context=True, no_timestamps=not timestamps, single_segment=not timestamps, temperature=0.0,
+                 temperature_inc=0.0, max_tokens=max_new_tokens, suppress_blank=True, **beams)
+
+
+def transcriber(exported: str, language: str, task: str, max_new_tokens: int, num_beams: int = 1):
+    """waveform -> text with whisper.cpp (pywhispercpp), no timestamps (see ``_load``)."""
+    model = _load(exported, language, task, max_new_tokens, num_beams, timestamps=False)
 
     def transcribe_whisper_cpp(waveform) -> str:
         return "".join(segment.text for segment in model.transcribe(waveform)).strip()
@@ -166,18 +171,8 @@ def transcriber(exported: str, language: str, task: str, max_new_tokens: int, nu
 
 def long_form_transcriber(exported: str, language: str, task: str, max_new_tokens: int, num_beams: int = 1):
     """waveform -> (text, segments) with whisper.cpp's sequential long-form decoding and
-    timestamps, settings as in ``transcriber`` otherwise (the export check on a long file)."""
-    try:
-        from pywhispercpp.model import Model
-    except ImportError:
-        raise UserError("the parity check of a ggml model needs whisper.cpp's Python bindings: pip install "
-                        "'.[export]' (or pip install pywhispercpp)") from None
-    beams = {"params_sampling_strategy": 1, "beam_search": {"beam_size": num_beams, "patience": -1.0}} \
-        if num_beams > 1 else {}
-    model = Model(exported, n_threads=os.cpu_count() or 1, print_realtime=False, print_progress=False,
-                  redirect_whispercpp_logs_to=None, language=language, translate=task == "translate",
-                  no_context=True, no_timestamps=False, single_segment=False, temperature=0.0,
-                  temperature_inc=0.0, max_tokens=max_new_tokens, suppress_blank=True, **beams)
+    timestamps (the export check on a long file)."""
+    model = _load(exported, language, task, max_new_tokens, num_beams, timestamps=True)
 
     def transcribe_long(waveform):
         # whisper.cpp's segment times are in units of 10 ms
