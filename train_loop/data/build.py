@@ -21,6 +21,7 @@ from ..core.processes import once_per_node
 from .collator import SpeechCollator
 from .config import DataConfig, FilterConfig, PackingConfig, SourceConfig
 from .features import Featurizer, Filters, SkipReport, featurizer_for
+from .overlap import Exclusion, HeldOut, exclude_held_out
 from .loaders import TrainBatches, loader_workers, make_loader
 from .packing import PackedBatchSampler, PackedWindows, PackingPlan, index_split
 from .prepared import PreparedSplit, cache_key, cache_root, prepare_split
@@ -84,10 +85,10 @@ class Split:
 
 
 def open_split(source: SourceConfig, data: DataConfig, processor, accelerator, split: str, filters: Filters, *,
-               streaming: bool, max_rows: int | None, eval_normalizer: str) -> Split:
-    """Read ``split``'s rows; unless streaming, prepare its features (once per node, cached)."""
+               streaming: bool, max_rows: int | None, eval_normalizer: str, rows: RowSource | None = None) -> Split:
+    """Read ``split``'s rows (unless given); unless streaming, prepare its features (once per node, cached)."""
     featurizer = featurizer_for(processor, data, eval_normalizer)
-    rows = load_rows(source, split, streaming=streaming)
+    rows = rows or load_rows(source, split, streaming=streaming)
     prepared = None
     if not streaming:
         prepared = once_per_node(accelerator, lambda: prepare_split(
@@ -98,15 +99,31 @@ def open_split(source: SourceConfig, data: DataConfig, processor, accelerator, s
                  pin_memory=accelerator.device.type == "cuda")
 
 
+def training_rows(source: SourceConfig, data: DataConfig, held_out: HeldOut | None, streaming: bool = False
+                  ) -> tuple[RowSource, Exclusion]:
+    """The training split's rows without those sharing a speaker, sentence or file with ``held_out``
+    (counted; with --allow_eval_overlap only counted)."""
+    rows = load_rows(source, data.train_split_name, streaming=streaming)
+    return _exclude(rows, held_out, data.allow_eval_overlap)
+
+
+def _exclude(rows: RowSource, held_out: HeldOut | None, allow_overlap: bool) -> tuple[RowSource, Exclusion]:
+    exclusion = exclude_held_out(rows, held_out or HeldOut(str), allow_overlap)
+    return exclusion.rows, exclusion
+
+
 def build_train_batches(source: SourceConfig, data: DataConfig, filters: FilterConfig, processor, accelerator,
                         *, batch_size: int, seed: int, eval_normalizer: str,
-                        packing: PackingConfig | None = None) -> TrainBatches:
-    """``eval_normalizer`` shapes the labels only with --do_remove_punctuation."""
+                        packing: PackingConfig | None = None, held_out: HeldOut | None = None) -> TrainBatches:
+    """``eval_normalizer`` shapes the labels only with --do_remove_punctuation; ``held_out``: what the
+    run evaluates on, which training leaves out (``overlap.py``)."""
     if packing is not None and packing.pack_to_window:
         return build_packed_batches(source, data, filters, packing, processor, accelerator, batch_size=batch_size,
-                                    seed=seed, eval_normalizer=eval_normalizer)
+                                    seed=seed, eval_normalizer=eval_normalizer, held_out=held_out)
+    rows, exclusion = training_rows(source, data, held_out, streaming=source.streaming)
     split = open_split(source, data, processor, accelerator, data.train_split_name, train_filters(filters, processor),
-                       streaming=source.streaming, max_rows=data.max_train_samples, eval_normalizer=eval_normalizer)
+                       streaming=source.streaming, max_rows=data.max_train_samples, eval_normalizer=eval_normalizer,
+                       rows=rows)
     workers = loader_workers(data, source.streaming, accelerator)
     rows = split.rows
     if split.prepared is None:
@@ -119,7 +136,8 @@ def build_train_batches(source: SourceConfig, data: DataConfig, filters: FilterC
             rows_key = content_hash(rows.name, data.max_train_samples)
         report = SkipReport(split=data.train_split_name)
         report.add_left_out(rows.dropped)
-        return TrainBatches(loader, None, stream, report, rows.num_rows, rows.fingerprint, rows_key)
+        return TrainBatches(loader, None, stream, report, rows.num_rows, rows.fingerprint, rows_key,
+                            exclusion=exclusion)
     prepared = split.prepared
     if len(prepared) < batch_size * accelerator.num_processes:
         raise UserError(
@@ -134,18 +152,19 @@ def build_train_batches(source: SourceConfig, data: DataConfig, filters: FilterC
                                       accelerator.process_index, seed=seed)
     loader = make_loader(prepared, split.collator, workers, split.pin_memory, batch_sampler=sampler)
     return TrainBatches(loader, sampler, None, prepared.report, len(prepared), rows.fingerprint,
-                        content_hash(*prepared.ids()))
+                        content_hash(*prepared.ids()), exclusion=exclusion)
 
 
 def build_packed_batches(source: SourceConfig, data: DataConfig, filters: FilterConfig, packing: PackingConfig,
-                         processor, accelerator, *, batch_size: int, seed: int, eval_normalizer: str) -> TrainBatches:
+                         processor, accelerator, *, batch_size: int, seed: int, eval_normalizer: str,
+                         held_out: HeldOut | None = None) -> TrainBatches:
     """``--pack_to_window``: the split indexed once (cached), windows planned per epoch
     (``packing.py``), featurized in the loader's workers."""
     if source.streaming:
         raise UserError("--pack_to_window needs the whole split's index (durations, speech bounds and speakers "
                         "to fill windows): drop --streaming (packing decodes audio in the loader's workers anyway)")
     featurizer = featurizer_for(processor, data, eval_normalizer)
-    rows = load_rows(source, data.train_split_name)
+    rows, exclusion = training_rows(source, data, held_out)
     index = once_per_node(accelerator, lambda: index_split(
         rows, featurizer, train_filters(filters, processor), packing.speech_bounds, cache_root(source),
         source.preprocessing_num_workers, cache_key(processor, data, eval_normalizer), max_rows=data.max_train_samples))
@@ -169,7 +188,7 @@ def build_packed_batches(source: SourceConfig, data: DataConfig, filters: Filter
     loader = make_loader(dataset, collator_for(processor), workers, accelerator.device.type == "cuda",
                          batch_sampler=sampler)
     return TrainBatches(loader, sampler, None, index.report, len(index), rows.fingerprint,
-                        content_hash("packed", *index.ids()))
+                        content_hash("packed", *index.ids()), exclusion=exclusion)
 
 
 def build_eval_set(source: SourceConfig, data: DataConfig, processor, accelerator, split: str, *,

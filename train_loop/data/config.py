@@ -90,6 +90,11 @@ class DataConfig:
     max_eval_samples: int | None = flag(
         None, "Evaluate on the first N clips of the eval split during training (a fast, fixed "
         "subset); the final test evaluation always uses the whole test split.", check=at_least(1))
+    allow_eval_overlap: bool = flag(
+        False, "Keep training clips that share a speaker (--speaker_column_name), a normalized sentence or "
+        "a file with an evaluation, test or guard split, and only count them. Default: leave them out, "
+        "counted in the skip report ('speaker in dev/test', 'sentence in dev/test', 'clip in dev/test'), "
+        "so --train_split_name validated (all of Common Voice) does not leak into dev/test.")
     shuffle_buffer_size: int = flag(
         500, "Streaming only: rows held in the shuffle buffer (reshuffled every epoch).", check=at_least(1))
     prepare_only: bool = flag(

@@ -113,7 +113,8 @@ class TrainBatches:
     """
 
     def __init__(self, loader, sampler: ShardedBatchSampler | None, stream: StreamingBatches | None,
-                 report: SkipReport, num_clips: int | None, fingerprint: str = "", rows_key: str = ""):
+                 report: SkipReport, num_clips: int | None, fingerprint: str = "", rows_key: str = "",
+                 exclusion=None):
         self.loader = loader
         self.fingerprint = fingerprint  # of the rows and files: recorded in every checkpoint's manifest
         self.rows_key = rows_key  # of the ordered rows a position refers to: checked on resume
@@ -121,6 +122,7 @@ class TrainBatches:
         self.stream = stream
         self.report = report  # prepared: fixed at preparation; streaming: grows as rows are read
         self.num_clips = num_clips
+        self.exclusion = exclusion  # overlap.Exclusion: training rows shared with dev/test (None: not checked)
         self.epoch = 0
         self.batches_done = 0
         self._iterator: Iterator | None = None

@@ -25,6 +25,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from .collator import SpeechCollator
 from .features import Featurizer, Filters, SkipReport
+from .overlap import HELD_OUT_COLUMN
 
 SKIP_EPOCH_REMAINDER = "end-of-epoch remainder smaller than a batch (reshuffled next epoch)"
 LOCAL_SHARDS = 64  # local tables are cut into this many shards, so workers can split them
@@ -205,6 +206,9 @@ class StreamingBatches(IterableDataset):
         skipped: Counter = Counter()
         details: list[str] = []
         for row in reader:
+            if row.get(HELD_OUT_COLUMN):  # a stream's rows shared with dev/test (overlap.py) are counted here
+                skipped[row[HELD_OUT_COLUMN]] += 1
+                continue
             example = self.featurizer(row["id"], row["audio"], row["text"])
             reason = example["skip_reason"] or self.filters.reason(example["duration"], example["label_tokens"])
             if reason:

@@ -112,8 +112,9 @@ def build_tone_dataset(out_dir: str, rows: dict[str, int], seed: int = 0, min_se
     if os.path.exists(marker):
         return out_dir
     rng = random.Random(seed)
-    texts = [t for split in sentences(seed).values() for t in split]
+    pools = sentences(seed)  # each split its own sentences: none leaks into another's (data/overlap.py)
     for split, count in rows.items():
+        texts = pools.get(split) or pools["train"]
         folder = os.path.join(out_dir, split)
         os.makedirs(folder, exist_ok=True)
         with open(os.path.join(folder, "metadata.csv"), "w", encoding="utf-8", newline="") as handle:

@@ -33,7 +33,8 @@ from ..data.config import SourceConfig
 from ..data.loaders import TrainBatches, close_loader, steps_for_epochs
 from ..data.prepared import cache_root
 from ..data.longform import LongFormSet, build_long_recordings, read_long_recordings
-from ..data.sources import has_split, load_rows
+from ..data.overlap import HeldOut, collect_held_out
+from ..data.sources import has_split, load_rows, split_names
 from ..evaluation.config import eval_split_sets, metric_name
 from ..evaluation.generation import GenerationSettings
 from ..outputs.hub import HubUpload
@@ -234,12 +235,32 @@ def training_data(config: TrainConfig, processor, session: Session) -> TrainBatc
     batches = build_train_batches(
         config.source, config.data, config.filters, processor, session.accelerator,
         batch_size=config.training.per_device_train_batch_size, seed=config.training.seed,
-        eval_normalizer=config.scoring.eval_normalizer, packing=config.packing)
+        eval_normalizer=config.scoring.eval_normalizer, packing=config.packing, held_out=held_out(config))
+    if batches.exclusion is not None and batches.exclusion.counts:
+        session.logger.info(batches.exclusion.summary())
     if config.packing.pack_to_window:
         session.logger.info(describe_packing(batches, config))
     session.logger.info(batches.report.summary() if not config.source.streaming else
                         f"{config.data.train_split_name}: streaming (skipped clips are reported as they are read)")
     return batches
+
+
+def held_out_splits(config: TrainConfig) -> list[tuple[SourceConfig, str]]:
+    """Every (source, split) the run evaluates or tests on: training must not share their speakers,
+    sentences or files (data/overlap.py)."""
+    parts = [(config.source, name) for split in eval_split_sets(config.data.eval_split_name)
+             for name in split_names(split)]
+    test = config.data.test_split_name
+    if test.lower() != "none" and has_split(config.source, test):
+        parts += [(config.source, name) for name in split_names(test)]
+    if config.eval.guard_data_dir:
+        guard = SourceConfig(data_dir=config.eval.guard_data_dir, speaker_column_name=config.source.speaker_column_name)
+        parts += [(guard, name) for name in split_names(config.eval.guard_split_name)]
+    return [(source, name) for source, name in parts if name != config.data.train_split_name or source is not config.source]
+
+
+def held_out(config: TrainConfig) -> HeldOut:
+    return collect_held_out(held_out_splits(config), get_normalizer(config.scoring.eval_normalizer))
 
 
 def describe_packing(batches: TrainBatches, config: TrainConfig) -> str:

@@ -1,0 +1,152 @@
+"""Training rows that would leak into evaluation: the same speaker, the same sentence or the same
+file as a clip the run evaluates or tests on.
+
+Common Voice's ``validated.tsv`` holds every clip, those of ``dev.tsv`` and ``test.tsv`` included;
+its official ``train`` split avoids their speakers and sentences, and so must any training split
+built from more of it. ``HeldOut`` collects what the evaluation splits hold (speakers, normalized
+sentences, clip file names); ``exclude_held_out`` drops the training rows that share any of them,
+counting each under its reason, or, with ``--allow_eval_overlap``, only counts them.
+
+A clip is known by its file name: ``validated.tsv`` and ``dev.tsv`` name the same
+``clips/common_voice_be_123.mp3``, and a shard keeps the name it was read from.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+import datasets
+
+from .sources import RowSource, content_hash, load_rows
+
+SKIP_HELD_OUT_CLIP = "clip in dev/test"
+SKIP_HELD_OUT_SPEAKER = "speaker in dev/test"
+SKIP_HELD_OUT_SENTENCE = "sentence in dev/test"
+HELD_OUT_REASONS = (SKIP_HELD_OUT_CLIP, SKIP_HELD_OUT_SPEAKER, SKIP_HELD_OUT_SENTENCE)
+HELD_OUT_COLUMN = "held_out"  # a streamed row's reason, counted when it is read
+
+
+def clip_name(audio: Any) -> str:
+    """The file name a row's audio came from ("" when the row has only bytes)."""
+    path = audio.get("path") if isinstance(audio, dict) else audio
+    return os.path.basename(str(path or ""))
+
+
+@dataclass
+class HeldOut:
+    """Speakers, normalized sentences and clip files of the evaluation and test splits."""
+
+    normalize: Callable[[str], str]
+    splits: list[str] = field(default_factory=list)  # names, for messages
+    speakers: set[str] = field(default_factory=set)
+    sentences: set[str] = field(default_factory=set)
+    clips: set[str] = field(default_factory=set)
+
+    def add(self, rows: RowSource) -> None:
+        self.splits.append(rows.name)
+        for audio, text, speaker in _columns(rows.rows):
+            if speaker:
+                self.speakers.add(speaker)
+            sentence = self.normalize(text or "")
+            if sentence:
+                self.sentences.add(sentence)
+            name = clip_name(audio)
+            if name:
+                self.clips.add(name)
+
+    def fingerprint(self) -> str:
+        return content_hash("held-out-v1", sorted(self.speakers), sorted(self.sentences), sorted(self.clips))
+
+    def reason(self, audio: Any, text: str, speaker: str) -> str:
+        """Why a training row must not be trained on ("" when it may). The file first: a clip of
+        dev/test is also its speaker's and its sentence's."""
+        name = clip_name(audio)
+        if name and name in self.clips:
+            return SKIP_HELD_OUT_CLIP
+        if speaker and speaker in self.speakers:
+            return SKIP_HELD_OUT_SPEAKER
+        if self.normalize(text or "") in self.sentences:
+            return SKIP_HELD_OUT_SENTENCE
+        return ""
+
+
+def _columns(rows: datasets.Dataset | datasets.IterableDataset) -> Iterable[tuple[Any, str, str]]:
+    """(audio reference, text, speaker) of every row, without decoding or loading audio bytes."""
+    if isinstance(rows, datasets.Dataset):
+        table = rows.select_columns(["audio", "text", "speaker"]).with_format("arrow")[:]
+        audio = table.column("audio")
+        if audio.type == "string" or str(audio.type) == "string":
+            names = audio.to_pylist()
+        else:  # {"bytes", "path"}: read the paths only
+            names = [{"path": path} for path in audio.combine_chunks().field("path").to_pylist()]
+        yield from zip(names, table.column("text").to_pylist(), table.column("speaker").to_pylist())
+        return
+    for row in rows:
+        yield row["audio"], row["text"], row.get("speaker", "")
+
+
+@dataclass
+class Exclusion:
+    """What ``exclude_held_out`` found in one training source."""
+
+    rows: RowSource  # the rows to train on
+    counts: Counter  # reason -> rows sharing it with dev/test (all rows, known up front)
+    kept_anyway: bool  # --allow_eval_overlap: counted, not dropped
+
+    def summary(self) -> str:
+        if not self.counts:
+            return f"{self.rows.split}: no clip shares a speaker, a sentence or a file with the evaluation splits"
+        found = ", ".join(f"{self.counts[r]:,} {r}" for r in HELD_OUT_REASONS if self.counts[r])
+        if self.kept_anyway:
+            return (f"warning: {self.rows.split}: {found}; kept for training (--allow_eval_overlap): "
+                    "the evaluation numbers of this run are not held-out numbers")
+        return f"{self.rows.split}: left out {found} (--allow_eval_overlap keeps them)"
+
+
+def exclude_held_out(rows: RowSource, held_out: HeldOut, allow_overlap: bool) -> Exclusion:
+    """``rows`` without those sharing a speaker, a sentence or a file with ``held_out``; each left
+    out row goes into ``rows.dropped`` (the split's skip report) under its reason. A stream's rows
+    are tagged instead and counted as they are read (``HELD_OUT_COLUMN``)."""
+    if not held_out.splits:
+        return Exclusion(rows, Counter(), allow_overlap)
+    if not isinstance(rows.rows, datasets.Dataset):
+        if allow_overlap:
+            return Exclusion(rows, Counter(), True)
+        tagged = rows.rows.map(lambda row: {HELD_OUT_COLUMN: held_out.reason(row["audio"], row["text"],
+                                                                              row.get("speaker", ""))})
+        return Exclusion(_replace(rows, tagged, held_out, {}), Counter(), False)
+    counts: Counter = Counter()
+    keep: list[int] = []
+    dropped: dict[str, list[str]] = {}
+    for position, (audio, text, speaker) in enumerate(_columns(rows.rows)):
+        reason = held_out.reason(audio, text, speaker)
+        if reason:
+            counts[reason] += 1
+            if not allow_overlap:
+                dropped.setdefault(reason, []).append("")  # no detail: the examples stay for broken files
+                continue
+        keep.append(position)
+    if allow_overlap or not counts:
+        return Exclusion(rows, counts, allow_overlap)
+    return Exclusion(_replace(rows, rows.rows.select(keep), held_out, dropped), counts, False)
+
+
+def collect_held_out(parts: list[tuple[Any, str]], normalize: Callable[[str], str]) -> HeldOut:
+    """The held-out rows of ``parts``, each (SourceConfig, split name); read without audio."""
+    held_out = HeldOut(normalize)
+    for source, split in parts:
+        held_out.add(load_rows(source, split))
+    return held_out
+
+
+def _replace(rows: RowSource, table, held_out: HeldOut, dropped: dict[str, list[str]]) -> RowSource:
+    merged = {reason: list(lines) for reason, lines in rows.dropped.items()}
+    for reason, lines in dropped.items():
+        merged.setdefault(reason, []).extend(lines)
+    num_rows = len(table) if isinstance(table, datasets.Dataset) else rows.num_rows
+    return RowSource(name=rows.name, split=rows.split, rows=table,
+                     fingerprint=content_hash(rows.fingerprint, held_out.fingerprint()), num_rows=num_rows,
+                     dropped=merged)
