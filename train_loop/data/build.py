@@ -10,8 +10,12 @@ and featurized in workers. Both report every row they do not use, with the reaso
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import math
 from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any
 
 import datasets
 from torch.utils.data import DataLoader
@@ -19,8 +23,9 @@ from torch.utils.data import DataLoader
 from ..core.errors import UserError
 from ..core.processes import once_per_node
 from .collator import SpeechCollator
-from .config import DataConfig, FilterConfig, PackingConfig, SourceConfig
+from .config import DataConfig, FilterConfig, MixSource, PackingConfig, SourceConfig
 from .features import Featurizer, Filters, SkipReport, featurizer_for
+from .mixing import MIX_SEED_STRIDE, MixedBatchSampler, MixedExamples
 from .overlap import Exclusion, HeldOut, exclude_held_out
 from .loaders import TrainBatches, loader_workers, make_loader
 from .packing import PackedBatchSampler, PackedWindows, PackingPlan, index_split
@@ -114,12 +119,28 @@ def _exclude(rows: RowSource, held_out: HeldOut | None, allow_overlap: bool) -> 
 
 def build_train_batches(source: SourceConfig, data: DataConfig, filters: FilterConfig, processor, accelerator,
                         *, batch_size: int, seed: int, eval_normalizer: str,
-                        packing: PackingConfig | None = None, held_out: HeldOut | None = None) -> TrainBatches:
+                        packing: PackingConfig | None = None, held_out: HeldOut | None = None,
+                        mix: list[MixSource] | tuple = ()) -> TrainBatches:
     """``eval_normalizer`` shapes the labels only with --do_remove_punctuation; ``held_out``: what the
-    run evaluates on, which training leaves out (``overlap.py``)."""
+    run evaluates on, which training leaves out (``overlap.py``); ``mix``: more sources in fixed
+    shares (``mixing.py``)."""
     if packing is not None and packing.pack_to_window:
-        return build_packed_batches(source, data, filters, packing, processor, accelerator, batch_size=batch_size,
+        main = build_packed_batches(source, data, filters, packing, processor, accelerator, batch_size=batch_size,
                                     seed=seed, eval_normalizer=eval_normalizer, held_out=held_out)
+    else:
+        main = build_clip_batches(source, data, filters, processor, accelerator, batch_size=batch_size, seed=seed,
+                                  eval_normalizer=eval_normalizer, held_out=held_out)
+    if not mix:
+        return main
+    return build_mixed_batches(main, source.data_dir or source.dataset_name, mix, data, filters, packing, processor,
+                               accelerator, batch_size=batch_size, seed=seed, eval_normalizer=eval_normalizer,
+                               held_out=held_out)
+
+
+def build_clip_batches(source: SourceConfig, data: DataConfig, filters: FilterConfig, processor, accelerator,
+                       *, batch_size: int, seed: int, eval_normalizer: str,
+                       held_out: HeldOut | None = None) -> TrainBatches:
+    """One clip per example, prepared (cached features) or streamed."""
     rows, exclusion = training_rows(source, data, held_out, streaming=source.streaming)
     split = open_split(source, data, processor, accelerator, data.train_split_name, train_filters(filters, processor),
                        streaming=source.streaming, max_rows=data.max_train_samples, eval_normalizer=eval_normalizer,
@@ -189,6 +210,76 @@ def build_packed_batches(source: SourceConfig, data: DataConfig, filters: Filter
                          batch_sampler=sampler)
     return TrainBatches(loader, sampler, None, index.report, len(index), rows.fingerprint,
                         content_hash("packed", *index.ids()), exclusion=exclusion)
+
+
+@dataclass
+class MixPart:
+    """One mixed source, ready to draw from."""
+
+    name: str
+    sampler: Any  # ShardedBatchSampler or PackedBatchSampler
+    dataset: Any  # PreparedSplit or PackedWindows
+    report: SkipReport
+    rows_key: str
+    fingerprint: str
+    exclusion: Exclusion
+
+
+def build_mixed_batches(main: TrainBatches, main_name: str, mix: list[MixSource], data: DataConfig, filters: FilterConfig,
+                        packing: PackingConfig | None, processor, accelerator, *, batch_size: int, seed: int,
+                        eval_normalizer: str, held_out: HeldOut | None) -> TrainBatches:
+    """The main source's batches with ``mix``'s sources drawn in (``mixing.py``)."""
+    packed = packing is not None and packing.pack_to_window
+    parts = []
+    for number, mixed in enumerate(mix, start=1):
+        part_seed = seed + number * MIX_SEED_STRIDE
+        try:
+            parts.append(_mix_part(mixed, data, filters, packing if packed else None,
+                                   processor_for_language(processor, mixed.language), accelerator,
+                                   batch_size=batch_size, seed=part_seed, eval_normalizer=eval_normalizer,
+                                   held_out=held_out))
+        except UserError as err:  # name the flag the folder came from
+            raise UserError(str(err).replace("--data_dir", "--mix_data_dir").replace("--dataset_name",
+                                                                                       "--mix_dataset_name")) from None
+    sampler = MixedBatchSampler([main.sampler] + [part.sampler for part in parts],
+                                [main_name] + [part.name for part in parts], [m.weight for m in mix], batch_size,
+                                accelerator.num_processes, accelerator.process_index, seed=seed)
+    dataset = MixedExamples([main.loader.dataset] + [part.dataset for part in parts], sampler.names)
+    loader = make_loader(dataset, main.loader.collate_fn, main.loader.num_workers, main.loader.pin_memory,
+                         batch_sampler=sampler)
+    batches = TrainBatches(
+        loader, sampler, None, main.report, main.num_clips,
+        content_hash(main.fingerprint, *(part.fingerprint for part in parts)),
+        content_hash("mixed", main.rows_key, *((part.rows_key, m.weight, m.language) for part, m in zip(parts, mix))),
+        exclusion=main.exclusion)
+    batches.mix_parts = parts
+    return batches
+
+
+def _mix_part(mixed: MixSource, data: DataConfig, filters: FilterConfig, packing: PackingConfig | None, processor,
+              accelerator, *, batch_size: int, seed: int, eval_normalizer: str, held_out: HeldOut | None) -> MixPart:
+    split_data = dataclasses.replace(data, train_split_name=mixed.split, max_train_samples=None)
+    if packing is not None:
+        one = build_packed_batches(mixed.source, split_data, filters, packing, processor, accelerator,
+                                   batch_size=batch_size, seed=seed, eval_normalizer=eval_normalizer,
+                                   held_out=held_out)
+    else:
+        one = build_clip_batches(mixed.source, split_data, filters, processor, accelerator, batch_size=batch_size,
+                                 seed=seed, eval_normalizer=eval_normalizer, held_out=held_out)
+    one.report.split = f"{mixed.name}:{mixed.split} ({mixed.language})"
+    return MixPart(mixed.name, one.sampler, one.loader.dataset, one.report, one.rows_key, one.fingerprint,
+                   one.exclusion)
+
+
+def processor_for_language(processor, language: str):
+    """The processor's feature extractor and a copy of its tokenizer whose prefix names ``language``."""
+    tokenizer = copy.deepcopy(processor.tokenizer)
+    token = tokenizer.convert_tokens_to_ids(f"<|{language}|>")
+    if token is None or token == tokenizer.unk_token_id:
+        raise UserError(f"--mix_language {language}: not a language Whisper has a token for; use its code "
+                        "(en, uk, ru, pl, ...)")
+    tokenizer.set_prefix_tokens(language=language)
+    return SimpleNamespace(feature_extractor=processor.feature_extractor, tokenizer=tokenizer)
 
 
 def build_eval_set(source: SourceConfig, data: DataConfig, processor, accelerator, split: str, *,

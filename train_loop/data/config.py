@@ -142,6 +142,84 @@ class PackingConfig:
         SPEECH_BOUNDS)
 
 
+@dataclass(frozen=True)
+class MixSource:
+    """One more training source: its folder or Hub id, split, language and share of the examples."""
+
+    source: SourceConfig
+    name: str  # as given: the key of mix_clips
+    split: str
+    language: str
+    weight: float
+
+
+@dataclass
+class MixConfig:
+    """More training sources, each a fixed share of the examples, transcribed in its own language."""
+    _argument_group_name = "Mixing in other sources: replay against forgetting, a related language (mix)"
+
+    mix_data_dir: str | None = flag(
+        None, "Local dataset folders to mix into training, comma-separated (audiofolder, Common Voice "
+        "release or shard folder, as --data_dir).")
+    mix_dataset_name: str | None = flag(
+        None, "Hugging Face Hub datasets to mix into training, comma-separated (listed after --mix_data_dir's "
+        "folders).")
+    mix_split_name: str = flag("train", "Split of each mixed source: one for all, or one per source (comma-separated).")
+    mix_language: str | None = flag(
+        None, "Language of each mixed source (uk, ru, en, ...): one for all, or one per source; its examples are "
+        "labelled with that language's token.")
+    mix_weight: str | None = flag(
+        None, "Share of the training examples drawn from each mixed source, e.g. 0.1,0.05 (the main source gets "
+        "the rest). Drawn in a fixed order from --seed: the same after a resume and on any number of processes.")
+
+    def sources(self, main: SourceConfig) -> list[MixSource]:
+        """The mixed sources, checked; [] without --mix_data_dir/--mix_dataset_name."""
+        folders = _items(self.mix_data_dir)
+        hub = _items(self.mix_dataset_name)
+        names = folders + hub
+        if not names:
+            if self.mix_language or self.mix_weight or self.mix_split_name != "train":
+                raise UserError("--mix_split_name, --mix_language and --mix_weight take effect with --mix_data_dir "
+                                "or --mix_dataset_name; add the source(s) to mix in")
+            return []
+        splits = _per_source("--mix_split_name", _items(self.mix_split_name), len(names))
+        languages = _per_source("--mix_language", _items(self.mix_language), len(names))
+        weights_given = _per_source("--mix_weight", _items(self.mix_weight), len(names), one_for_all=False)
+        weights = []
+        for text in weights_given:
+            try:
+                weights.append(float(text))
+            except ValueError:
+                raise UserError(f"--mix_weight {self.mix_weight}: {text!r} is not a number; give shares such as "
+                                "0.1,0.05") from None
+        if any(not 0 < w < 1 for w in weights) or sum(weights) >= 1:
+            raise UserError(f"--mix_weight {self.mix_weight}: each share must be above 0 and together below 1 (the "
+                            "main source gets the rest)")
+        mixed = []
+        for number, name in enumerate(names):
+            kind = {"data_dir": name} if number < len(folders) else {"dataset_name": name}
+            source = SourceConfig(**kind, text_column_name=main.text_column_name,
+                                  speaker_column_name=main.speaker_column_name, cache_dir=main.cache_dir,
+                                  preprocessing_num_workers=main.preprocessing_num_workers)
+            mixed.append(MixSource(source, name, splits[number], languages[number].strip("<|>"), weights[number]))
+        return mixed
+
+
+def _items(text: str | None) -> list[str]:
+    return [part.strip() for part in (text or "").split(",") if part.strip()]
+
+
+def _per_source(flag_name: str, values: list[str], count: int, one_for_all: bool = True) -> list[str]:
+    if not values:
+        raise UserError(f"{flag_name} is needed for the mixed source(s): give one value per source ({count})")
+    if len(values) == 1 and one_for_all:
+        return values * count
+    if len(values) != count:
+        raise UserError(f"{flag_name} {','.join(values)}: {len(values)} values for {count} mixed source(s); give "
+                        f"one per source{' or one for all' if one_for_all else ''}")
+    return values
+
+
 def default_cache_dir() -> str:
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(base, "whisper-train-loop")

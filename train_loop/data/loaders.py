@@ -123,6 +123,7 @@ class TrainBatches:
         self.report = report  # prepared: fixed at preparation; streaming: grows as rows are read
         self.num_clips = num_clips
         self.exclusion = exclusion  # overlap.Exclusion: training rows shared with dev/test (None: not checked)
+        self.mix_parts: list = []  # build.MixPart of every mixed source (--mix_data_dir)
         self.epoch = 0
         self.batches_done = 0
         self._iterator: Iterator | None = None
@@ -131,6 +132,11 @@ class TrainBatches:
     @property
     def batches_per_epoch(self) -> int | None:
         return self.sampler.batches_per_epoch() if self.sampler is not None else None
+
+    def mix_clips(self) -> dict[str, int] | None:
+        """With mixed sources: clips each source gave so far, over all processes (None without)."""
+        drawn = getattr(self.sampler, "clips_drawn", None)
+        return drawn(self.epoch, self.batches_done) if drawn is not None else None
 
     def seek(self, epoch: int, batches_done: int) -> None:
         self.epoch, self.batches_done = epoch, batches_done

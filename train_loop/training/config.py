@@ -19,7 +19,7 @@ from ..core.errors import UserError
 from ..core.flags import Check, at_least, between, check_fields, flag, parse_sections, positive
 from ..core.model import ModelConfig
 from ..core.paths import overlaps
-from ..data.config import DataConfig, FilterConfig, PackingConfig, SourceConfig
+from ..data.config import DataConfig, FilterConfig, MixConfig, PackingConfig, SourceConfig
 from ..evaluation.config import (
     DecodingConfig,
     EvalConfig,
@@ -173,6 +173,7 @@ class TrainConfig:
     filters: FilterConfig = field(default_factory=FilterConfig)
     data: DataConfig = field(default_factory=DataConfig)
     packing: PackingConfig = field(default_factory=PackingConfig)
+    mix: MixConfig = field(default_factory=MixConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
@@ -241,6 +242,13 @@ def validate_train_config(config: TrainConfig) -> None:
     if src.streaming and data.group_by_length:
         raise UserError("--group_by_length needs prepared data: a stream's lengths are not known in "
                         "advance; drop --streaming or --group_by_length")
+    if config.mix.sources(src) and src.streaming:
+        raise UserError("--mix_data_dir/--mix_dataset_name draw each source's share from its whole index, which a "
+                        "stream does not have: drop --streaming (the clips are prepared once, or packed with "
+                        "--pack_to_window)")
+    if config.mix.sources(src) and data.group_by_length:
+        raise UserError("--group_by_length with --mix_data_dir/--mix_dataset_name: the sources are shuffled together, "
+                        "which undoes the grouping; drop one of the two")
     if tr.eval_with_ema and tr.ema_decay is None:
         raise UserError("--eval_with_ema needs --ema_decay (the average to evaluate); add it")
     if not lora.use_lora and lora != LoraConfig():

@@ -299,6 +299,9 @@ def log_training(run: Run, progress: Progress, window: LogWindow, learning_rate:
         "elapsed_seconds": round(state.train_seconds, 1),
         "eta_seconds": round(eta, 1),
     }
+    mix_clips = run.train_batches.mix_clips()
+    if mix_clips is not None:
+        record["mix_clips"] = mix_clips  # source -> clips drawn so far (--mix_data_dir)
     scale = loss_scale(accelerator, run.optimizer)
     record["skipped_steps"] = state.skipped_steps
     if scale is not None:

@@ -33,7 +33,8 @@ from ..data.config import SourceConfig
 from ..data.loaders import TrainBatches, close_loader, steps_for_epochs
 from ..data.prepared import cache_root
 from ..data.longform import LongFormSet, build_long_recordings, read_long_recordings
-from ..data.overlap import HeldOut, collect_held_out
+from ..data.mixing import items_of
+from ..data.overlap import HeldOut
 from ..data.sources import has_split, load_rows, split_names
 from ..evaluation.config import eval_split_sets, metric_name
 from ..evaluation.generation import GenerationSettings
@@ -235,9 +236,15 @@ def training_data(config: TrainConfig, processor, session: Session) -> TrainBatc
     batches = build_train_batches(
         config.source, config.data, config.filters, processor, session.accelerator,
         batch_size=config.training.per_device_train_batch_size, seed=config.training.seed,
-        eval_normalizer=config.scoring.eval_normalizer, packing=config.packing, held_out=held_out(config))
-    if batches.exclusion is not None and batches.exclusion.counts:
-        session.logger.info(batches.exclusion.summary())
+        eval_normalizer=config.scoring.eval_normalizer, packing=config.packing, held_out=held_out(config),
+        mix=config.mix.sources(config.source))
+    for exclusion in [batches.exclusion] + [part.exclusion for part in batches.mix_parts]:
+        if exclusion is not None and exclusion.counts:
+            session.logger.info(exclusion.summary())
+    for part in batches.mix_parts:
+        session.logger.info(part.report.summary())
+    if batches.mix_parts:
+        session.logger.info(describe_mix(batches, config))
     if config.packing.pack_to_window:
         session.logger.info(describe_packing(batches, config))
     session.logger.info(batches.report.summary() if not config.source.streaming else
@@ -245,31 +252,54 @@ def training_data(config: TrainConfig, processor, session: Session) -> TrainBatc
     return batches
 
 
-def held_out_splits(config: TrainConfig) -> list[tuple[SourceConfig, str]]:
-    """Every (source, split) the run evaluates or tests on: training must not share their speakers,
-    sentences or files (data/overlap.py)."""
-    parts = [(config.source, name) for split in eval_split_sets(config.data.eval_split_name)
+def held_out_splits(config: TrainConfig) -> list[tuple[SourceConfig, str, str]]:
+    """Every (source, split, the flag naming its folder) the run evaluates or tests on: training must
+    not share their speakers, sentences or files (data/overlap.py)."""
+    main = config.source.kind()
+    parts = [(config.source, name, main) for split in eval_split_sets(config.data.eval_split_name)
              for name in split_names(split)]
     test = config.data.test_split_name
     if test.lower() != "none" and has_split(config.source, test):
-        parts += [(config.source, name) for name in split_names(test)]
+        parts += [(config.source, name, main) for name in split_names(test)]
     if config.eval.guard_data_dir:
         guard = SourceConfig(data_dir=config.eval.guard_data_dir, speaker_column_name=config.source.speaker_column_name)
-        parts += [(guard, name) for name in split_names(config.eval.guard_split_name)]
-    return [(source, name) for source, name in parts if name != config.data.train_split_name or source is not config.source]
+        parts += [(guard, name, "guard_data_dir") for name in split_names(config.eval.guard_split_name)]
+    # A run that evaluates on its own training split (a smoke test) is not a leak to prevent.
+    return [part for part in parts if part[1] != config.data.train_split_name or part[0] is not config.source]
 
 
 def held_out(config: TrainConfig) -> HeldOut:
-    return collect_held_out(held_out_splits(config), get_normalizer(config.scoring.eval_normalizer))
+    found = HeldOut(get_normalizer(config.scoring.eval_normalizer))
+    for source, split, flag_name in held_out_splits(config):
+        try:
+            found.add(load_rows(source, split))
+        except UserError as err:  # name the flag that gave the folder
+            raise UserError(str(err).replace(f"--{source.kind()}", f"--{flag_name}")) from None
+    return found
+
+
+def describe_mix(batches: TrainBatches, config: TrainConfig) -> str:
+    """The mixing plan: what each source gives per epoch, its share and its language."""
+    sampler = batches.sampler
+    unit = "windows" if config.packing.pack_to_window else "clips"
+    total = sum(sampler.counts)
+    lines = [f"mixing {len(sampler.counts)} sources, {total:,} {unit} per epoch (seed {config.training.seed}):"]
+    languages = [config.model.language] + [m.language for m in config.mix.sources(config.source)]
+    for number, (name, count, language) in enumerate(zip(sampler.names, sampler.counts, languages)):
+        own = len(items_of(sampler.samplers[number], 0))
+        lines.append(f"  {name} ({language}): {count:,} {unit} per epoch, {100 * count / total:.1f}% of the examples"
+                     + ("" if number == 0 else f", from {own:,} of its own ({count / max(1, own):.2f} of them per epoch)"))
+    return "\n".join(lines)
 
 
 def describe_packing(batches: TrainBatches, config: TrainConfig) -> str:
     """One line: what epoch 0's packed windows hold, so a user sees what packing did."""
-    windows = batches.sampler.windows(0)
+    packed = getattr(batches.sampler, "main", batches.sampler)  # with --mix_data_dir: the main source's
+    windows = packed.windows(0)
     speech = [w for w in windows if not w.no_speech]
     clips = sum(len(w.pieces) for w in speech)
     audio = sum(p.cut_end - p.cut_start for w in speech for p in w.pieces)
-    window = batches.sampler.plan.window_seconds
+    window = packed.plan.window_seconds
     return (f"packing: {clips:,} clips into {len(speech):,} windows of {window:g} s ({clips / max(1, len(speech)):.1f} "
             f"clips and {audio / max(1, len(speech)):.1f} s of speech per window, {100 * audio / max(1e-9, window * len(speech)):.0f}% "
             f"of the window) + {len(windows) - len(speech)} without speech; timestamps in "
