@@ -128,7 +128,7 @@ def parse_sections(sections: dict[str, type], argv: Sequence[str] | None, prog: 
     """Defaults < YAML recipe < command line, returned as one instance per section.
     ``positional`` (name, help): also take any number of positional arguments, returned under
     that name (e.g. the files to transcribe)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = _negative_values_attached(list(sys.argv[1:] if argv is None else argv))
     usage = f"python -m {prog} [--FLAG VALUE ...] [{positional[0].upper()} ...]" if positional else None
     parser = build_parser(sections, prog, description, usage)
     if positional:
@@ -147,6 +147,19 @@ def parse_sections(sections: dict[str, type], argv: Sequence[str] | None, prog: 
     if positional:
         parsed[positional[0]] = getattr(built[-1], positional[0])
     return parsed
+
+
+def _negative_values_attached(argv: list[str]) -> list[str]:
+    """``--gain_db -6,6`` -> ``--gain_db=-6,6``: argparse takes a value that starts with '-' and is
+    not a plain number for another flag."""
+    out: list[str] = []
+    for token in argv:
+        if (out and out[-1].startswith("--") and "=" not in out[-1] and len(token) > 1 and token[0] == "-"
+                and (token[1].isdigit() or token[1] == ".") and "," in token):
+            out[-1] = f"{out[-1]}={token}"
+        else:
+            out.append(token)
+    return out
 
 
 def _recipe_path(argv: list[str]) -> str | None:

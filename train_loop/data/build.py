@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader
 
 from ..core.errors import UserError
 from ..core.processes import once_per_node
+from .augment import Augmenter
 from .collator import SpeechCollator
 from .config import DataConfig, FilterConfig, MixSource, PackingConfig, SourceConfig
 from .features import Featurizer, Filters, SkipReport, featurizer_for
@@ -120,34 +121,37 @@ def _exclude(rows: RowSource, held_out: HeldOut | None, allow_overlap: bool) -> 
 def build_train_batches(source: SourceConfig, data: DataConfig, filters: FilterConfig, processor, accelerator,
                         *, batch_size: int, seed: int, eval_normalizer: str,
                         packing: PackingConfig | None = None, held_out: HeldOut | None = None,
-                        mix: list[MixSource] | tuple = ()) -> TrainBatches:
+                        mix: list[MixSource] | tuple = (), augment: Augmenter | None = None) -> TrainBatches:
     """``eval_normalizer`` shapes the labels only with --do_remove_punctuation; ``held_out``: what the
     run evaluates on, which training leaves out (``overlap.py``); ``mix``: more sources in fixed
-    shares (``mixing.py``)."""
+    shares (``mixing.py``); ``augment``: audio augmentation (``augment.py``; packed or streamed data)."""
     if packing is not None and packing.pack_to_window:
         main = build_packed_batches(source, data, filters, packing, processor, accelerator, batch_size=batch_size,
-                                    seed=seed, eval_normalizer=eval_normalizer, held_out=held_out)
+                                    seed=seed, eval_normalizer=eval_normalizer, held_out=held_out, augment=augment)
     else:
         main = build_clip_batches(source, data, filters, processor, accelerator, batch_size=batch_size, seed=seed,
-                                  eval_normalizer=eval_normalizer, held_out=held_out)
+                                  eval_normalizer=eval_normalizer, held_out=held_out, augment=augment)
     if not mix:
         return main
     return build_mixed_batches(main, source.data_dir or source.dataset_name, mix, data, filters, packing, processor,
                                accelerator, batch_size=batch_size, seed=seed, eval_normalizer=eval_normalizer,
-                               held_out=held_out)
+                               held_out=held_out, augment=augment)
 
 
 def build_clip_batches(source: SourceConfig, data: DataConfig, filters: FilterConfig, processor, accelerator,
                        *, batch_size: int, seed: int, eval_normalizer: str,
-                       held_out: HeldOut | None = None) -> TrainBatches:
-    """One clip per example, prepared (cached features) or streamed."""
+                       held_out: HeldOut | None = None, augment: Augmenter | None = None) -> TrainBatches:
+    """One clip per example, prepared (cached features) or streamed (augmented with ``augment``)."""
     rows, exclusion = training_rows(source, data, held_out, streaming=source.streaming)
     split = open_split(source, data, processor, accelerator, data.train_split_name, train_filters(filters, processor),
                        streaming=source.streaming, max_rows=data.max_train_samples, eval_normalizer=eval_normalizer,
                        rows=rows)
     workers = loader_workers(data, source.streaming, accelerator)
     rows = split.rows
+    if augment is not None and split.prepared is not None:
+        raise UserError("audio augmentation needs the audio in the loader's workers: add --pack_to_window or --streaming")
     if split.prepared is None:
+        split.featurizer.augment = augment
         stream = split.stream(accelerator, batch_size, max_rows=data.max_train_samples,
                               shuffle_buffer_size=data.shuffle_buffer_size, seed=seed, drop_last=True)
         loader = make_loader(stream, None, workers, split.pin_memory)
@@ -178,7 +182,7 @@ def build_clip_batches(source: SourceConfig, data: DataConfig, filters: FilterCo
 
 def build_packed_batches(source: SourceConfig, data: DataConfig, filters: FilterConfig, packing: PackingConfig,
                          processor, accelerator, *, batch_size: int, seed: int, eval_normalizer: str,
-                         held_out: HeldOut | None = None) -> TrainBatches:
+                         held_out: HeldOut | None = None, augment: Augmenter | None = None) -> TrainBatches:
     """``--pack_to_window``: the split indexed once (cached), windows planned per epoch
     (``packing.py``), featurized in the loader's workers."""
     if source.streaming:
@@ -203,7 +207,7 @@ def build_packed_batches(source: SourceConfig, data: DataConfig, filters: Filter
             f"{rows.name}: {len(index)} usable clips pack into {len(sampler.windows(0))} windows, fewer than one "
             f"global batch ({batch_size} x {accelerator.num_processes} processes); lower "
             f"--per_device_train_batch_size or add data ({index.report.summary()})")
-    dataset = PackedWindows(index, featurizer, filters.max_label_length)
+    dataset = PackedWindows(index, featurizer, filters.max_label_length, augment=augment)
     # Windows are decoded and featurized in workers, as a stream is: the streaming default applies.
     workers = loader_workers(data, True, accelerator)
     loader = make_loader(dataset, collator_for(processor), workers, accelerator.device.type == "cuda",
@@ -227,7 +231,7 @@ class MixPart:
 
 def build_mixed_batches(main: TrainBatches, main_name: str, mix: list[MixSource], data: DataConfig, filters: FilterConfig,
                         packing: PackingConfig | None, processor, accelerator, *, batch_size: int, seed: int,
-                        eval_normalizer: str, held_out: HeldOut | None) -> TrainBatches:
+                        eval_normalizer: str, held_out: HeldOut | None, augment: Augmenter | None = None) -> TrainBatches:
     """The main source's batches with ``mix``'s sources drawn in (``mixing.py``)."""
     packed = packing is not None and packing.pack_to_window
     parts = []
@@ -237,7 +241,7 @@ def build_mixed_batches(main: TrainBatches, main_name: str, mix: list[MixSource]
             parts.append(_mix_part(mixed, data, filters, packing if packed else None,
                                    processor_for_language(processor, mixed.language), accelerator,
                                    batch_size=batch_size, seed=part_seed, eval_normalizer=eval_normalizer,
-                                   held_out=held_out))
+                                   held_out=held_out, augment=augment))
         except UserError as err:  # name the flag the folder came from
             raise UserError(str(err).replace("--data_dir", "--mix_data_dir").replace("--dataset_name",
                                                                                        "--mix_dataset_name")) from None
@@ -257,15 +261,16 @@ def build_mixed_batches(main: TrainBatches, main_name: str, mix: list[MixSource]
 
 
 def _mix_part(mixed: MixSource, data: DataConfig, filters: FilterConfig, packing: PackingConfig | None, processor,
-              accelerator, *, batch_size: int, seed: int, eval_normalizer: str, held_out: HeldOut | None) -> MixPart:
+              accelerator, *, batch_size: int, seed: int, eval_normalizer: str, held_out: HeldOut | None,
+              augment: Augmenter | None) -> MixPart:
     split_data = dataclasses.replace(data, train_split_name=mixed.split, max_train_samples=None)
     if packing is not None:
         one = build_packed_batches(mixed.source, split_data, filters, packing, processor, accelerator,
                                    batch_size=batch_size, seed=seed, eval_normalizer=eval_normalizer,
-                                   held_out=held_out)
+                                   held_out=held_out, augment=augment)
     else:
         one = build_clip_batches(mixed.source, split_data, filters, processor, accelerator, batch_size=batch_size,
-                                 seed=seed, eval_normalizer=eval_normalizer, held_out=held_out)
+                                 seed=seed, eval_normalizer=eval_normalizer, held_out=held_out, augment=augment)
     one.report.split = f"{mixed.name}:{mixed.split} ({mixed.language})"
     return MixPart(mixed.name, one.sampler, one.loader.dataset, one.report, one.rows_key, one.fingerprint,
                    one.exclusion)

@@ -142,6 +142,27 @@ class PackingConfig:
         SPEECH_BOUNDS)
 
 
+@dataclass
+class AugmentConfig:
+    """Audio augmentation of the training examples; every draw depends only on (--seed, epoch,
+    example id), so a resumed run sees the same audio."""
+    _argument_group_name = "Audio augmentation, the same after a resume (augment)"
+
+    speed_perturbation: str | None = flag(
+        None, "Speed factors: two numbers are a range (0.9,1.1: any factor between), three or more a list to pick "
+        "from (0.9,1.0,1.1, as Kaldi). Tempo and pitch change together. Needs audio in the loader's workers: "
+        "--pack_to_window or --streaming.")
+    noise_dir: str | None = flag(
+        None, "Folder of noise recordings (wav, flac, mp3, ogg; searched recursively) mixed into training examples.")
+    noise_snr_db: str = flag("5,30", "Signal-to-noise ratio of --noise_dir's noise in dB: a range (5,30) or a list.")
+    noise_probability: float = flag(0.5, "Share of the training examples that get --noise_dir's noise.",
+                                    check=between(0, 1))
+    gain_db: str | None = flag(None, "Gain in dB: a range (-6,6) or a list.")
+
+    def active(self) -> bool:
+        return bool(self.speed_perturbation or self.noise_dir or self.gain_db)
+
+
 @dataclass(frozen=True)
 class MixSource:
     """One more training source: its folder or Hub id, split, language and share of the examples."""

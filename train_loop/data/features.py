@@ -106,6 +106,7 @@ class Featurizer:
         self.label_text = label_text
         self.feature_dtype = np.dtype(feature_dtype)
         self.window_seconds = feature_extractor.n_samples / SAMPLING_RATE
+        self.augment: Callable[[np.ndarray, int, str], np.ndarray] | None = None  # training streams: augment.Augmenter
 
     def num_frames(self, num_samples: int) -> int:
         """Frames whose STFT window overlaps the audio; later frames see only padding."""
@@ -123,7 +124,7 @@ class Featurizer:
     def tokenize(self, text: str) -> list[int]:
         return self.tokenizer(self.label_text(text)).input_ids
 
-    def __call__(self, row_id: str, audio: Any, text: str | None) -> dict[str, Any]:
+    def __call__(self, row_id: str, audio: Any, text: str | None, epoch: int = 0) -> dict[str, Any]:
         example: dict[str, Any] = {
             "id": row_id, "text": text or "", "input_features": None, "pad_value": 0.0,
             "labels": [], "label_tokens": 0, "duration": 0.0, "skip_reason": "", "detail": "",
@@ -136,6 +137,8 @@ class Featurizer:
         except AudioDecodeError as err:
             example.update(skip_reason=SKIP_UNREADABLE, detail=str(err))
             return example
+        if self.augment is not None:
+            waveform = self.augment(waveform, epoch, row_id)
         labels = self.tokenize(text)
         example.update(duration=len(waveform) / SAMPLING_RATE, labels=labels,
                        label_tokens=len(labels) - 1)  # the decoder-start token is input, not target

@@ -28,6 +28,7 @@ tokenizer names ``<|nocaptions|>`` in the original multilingual vocabulary).
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import math
 import os
@@ -218,6 +219,7 @@ class Window:
     seconds: float = 0.0
     noise_seed: int = 0
     noise_level: float = 0.0
+    epoch: int = 0
 
 
 @dataclass(frozen=True)
@@ -248,7 +250,7 @@ def plan_windows(index: ClipIndex, plan: PackingPlan, seed: int, epoch: int) -> 
         wants_prompt = rng.random() < plan.prev_text_probability
         if wants_prompt and previous is not None and previous[1] == speaker:
             prompt = tuple(piece.clip for piece in previous[0])
-        windows.append(Window(f"e{epoch}w{number}", tuple(pieces), timestamps, prompt))
+        windows.append(Window(f"e{epoch}w{number}", tuple(pieces), timestamps, prompt, epoch=epoch))
         previous = (pieces, speaker)
     windows += _no_speech_windows(index, plan, rng, len(windows), epoch)
     order = rng.permutation(len(windows))
@@ -319,7 +321,7 @@ def _no_speech_windows(index: ClipIndex, plan: PackingPlan, rng: np.random.Gener
                 pieces.append(Piece(clip, cut[0], cut[1], end, speech=False))
                 end += length
         windows.append(Window(f"e{epoch}n{number}", tuple(pieces), no_speech=True, seconds=seconds,
-                              noise_seed=int(rng.integers(2**31)), noise_level=float(10 ** rng.uniform(-4, -2))))
+                              noise_seed=int(rng.integers(2**31)), noise_level=float(10 ** rng.uniform(-4, -2)), epoch=epoch))
     return windows
 
 
@@ -376,8 +378,9 @@ class PackedBatchSampler(torch.utils.data.Sampler):
 class PackedWindows(torch.utils.data.Dataset):
     """Windows to examples for ``SpeechCollator``: audio assembled and featurized, tokens built."""
 
-    def __init__(self, index: ClipIndex, featurizer: Featurizer, max_label_tokens: int):
+    def __init__(self, index: ClipIndex, featurizer: Featurizer, max_label_tokens: int, augment=None):
         self.index, self.featurizer = index, featurizer
+        self.augment = augment  # augment.Augmenter or None
         self.max_prompt_tokens = max_label_tokens // 2
         self.tokens = WindowTokens(featurizer.tokenizer)
         self.window_samples = int(round(featurizer.window_seconds * SAMPLING_RATE))
@@ -398,12 +401,18 @@ class PackedWindows(torch.utils.data.Dataset):
     def example(self, window: Window) -> dict[str, Any]:
         rows = {piece.clip: self._row(piece.clip) for piece in window.pieces}
         waveform = self.audio(window, rows)
+        speed = 1.0
+        if self.augment:
+            draw = self.augment.draw(window.epoch, window.name)
+            # Slowed down, the window's audio must still fit the input window: no slower than that.
+            speed = max(draw.speed, len(waveform) / self.window_samples)
+            waveform = self.augment.apply(waveform, dataclasses.replace(draw, speed=speed))[: self.window_samples]
         features, pad_value = self.featurizer.log_mel(waveform)
         if window.no_speech:
             labels, text, ids = self.tokens.no_speech(), "", [window.name]
         else:
-            segments = [(piece.offset + rows[piece.clip]["speech_start"] - piece.cut_start,
-                         piece.offset + rows[piece.clip]["speech_end"] - piece.cut_start,
+            segments = [((piece.offset + rows[piece.clip]["speech_start"] - piece.cut_start) / speed,
+                         (piece.offset + rows[piece.clip]["speech_end"] - piece.cut_start) / speed,
                          list(rows[piece.clip]["tokens"])) for piece in window.pieces]
             prompt = [token for clip in window.prompt_clips  # its tokens only: no audio read for a prompt
                       for token in self.token_rows[int(self.index.keep[clip])]["tokens"]]
@@ -412,7 +421,7 @@ class PackedWindows(torch.utils.data.Dataset):
             ids = [rows[piece.clip]["id"] for piece in window.pieces]
         return {"id": "+".join(ids), "text": text, "input_features": features, "pad_value": pad_value,
                 "labels": labels,
-                "audio_seconds": sum(p.cut_end - p.cut_start for p in window.pieces if p.speech)}
+                "audio_seconds": sum(p.cut_end - p.cut_start for p in window.pieces if p.speech) / speed}
 
     def audio(self, window: Window, rows: dict[int, dict[str, Any]]) -> np.ndarray:
         length = (max((p.offset + p.cut_end - p.cut_start for p in window.pieces), default=0.0)

@@ -209,7 +209,7 @@ class StreamingBatches(IterableDataset):
             if row.get(HELD_OUT_COLUMN):  # a stream's rows shared with dev/test (overlap.py) are counted here
                 skipped[row[HELD_OUT_COLUMN]] += 1
                 continue
-            example = self.featurizer(row["id"], row["audio"], row["text"])
+            example = self.featurizer(row["id"], row["audio"], row["text"], epoch=self.epoch)
             reason = example["skip_reason"] or self.filters.reason(example["duration"], example["label_tokens"])
             if reason:
                 skipped[reason] += 1

@@ -19,7 +19,7 @@ from ..core.errors import UserError
 from ..core.flags import Check, at_least, between, check_fields, flag, parse_sections, positive
 from ..core.model import ModelConfig
 from ..core.paths import overlaps
-from ..data.config import DataConfig, FilterConfig, MixConfig, PackingConfig, SourceConfig
+from ..data.config import AugmentConfig, DataConfig, FilterConfig, MixConfig, PackingConfig, SourceConfig
 from ..evaluation.config import (
     DecodingConfig,
     EvalConfig,
@@ -174,6 +174,7 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     packing: PackingConfig = field(default_factory=PackingConfig)
     mix: MixConfig = field(default_factory=MixConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
@@ -246,6 +247,9 @@ def validate_train_config(config: TrainConfig) -> None:
         raise UserError("--mix_data_dir/--mix_dataset_name draw each source's share from its whole index, which a "
                         "stream does not have: drop --streaming (the clips are prepared once, or packed with "
                         "--pack_to_window)")
+    if config.augment.active() and not (src.streaming or config.packing.pack_to_window):
+        raise UserError("--speed_perturbation, --noise_dir and --gain_db change the audio of every epoch, which prepared "
+                        "features cannot: add --pack_to_window (recommended) or --streaming")
     if config.mix.sources(src) and data.group_by_length:
         raise UserError("--group_by_length with --mix_data_dir/--mix_dataset_name: the sources are shuffled together, "
                         "which undoes the grouping; drop one of the two")

@@ -33,6 +33,7 @@ from ..data.config import SourceConfig
 from ..data.loaders import TrainBatches, close_loader, steps_for_epochs
 from ..data.prepared import cache_root
 from ..data.longform import LongFormSet, build_long_recordings, read_long_recordings
+from ..data.augment import augmenter_for
 from ..data.mixing import items_of
 from ..data.overlap import HeldOut
 from ..data.sources import has_split, load_rows, split_names
@@ -237,7 +238,7 @@ def training_data(config: TrainConfig, processor, session: Session) -> TrainBatc
         config.source, config.data, config.filters, processor, session.accelerator,
         batch_size=config.training.per_device_train_batch_size, seed=config.training.seed,
         eval_normalizer=config.scoring.eval_normalizer, packing=config.packing, held_out=held_out(config),
-        mix=config.mix.sources(config.source))
+        mix=config.mix.sources(config.source), augment=augmenter_for(config.augment, config.training.seed))
     for exclusion in [batches.exclusion] + [part.exclusion for part in batches.mix_parts]:
         if exclusion is not None and exclusion.counts:
             session.logger.info(exclusion.summary())
