@@ -28,7 +28,7 @@ CORE = ["train_loop.core.errors", "train_loop.core.paths", "train_loop.core.cons
         "train_loop.core.processes", "train_loop.core.model"]
 # What users run (python -m train_loop.<command>); nothing in the package imports them.
 COMMANDS = {f"train_loop.{name}" for name in ("main", "evaluate", "transcribe", "export", "stats", "average",
-                                              "plot", "app", "demo")}
+                                              "plot", "app", "demo", "shard")}
 
 
 def test_every_module_is_in_a_layer_or_is_a_command():

@@ -1,4 +1,5 @@
-"""Where rows come from: a Hub dataset, an audiofolder, or a Common Voice release folder.
+"""Where rows come from: a Hub dataset, an audiofolder, a Common Voice release folder, or a folder
+(or URL) of Parquet shards written by ``python -m train_loop.shard`` (``shards.py``).
 
 Every source becomes the same table of rows with four columns: ``id`` (unique, stable),
 ``audio`` (a file path, or a ``{"bytes", "path"}`` dict for Hub audio), ``text`` (the raw
@@ -16,6 +17,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import json
 import os
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -26,6 +28,8 @@ from ..core.errors import UserError
 from .config import SourceConfig
 
 COLUMNS = ("id", "audio", "text", "speaker")
+SHARD_INDEX = "index.json"
+SHARD_FORMAT = "whisper-train-loop-shards-v1"
 
 
 @dataclass
@@ -92,11 +96,22 @@ def _local_layout(data_dir: str, split: str) -> tuple[str, str] | None:
 
 
 def _local_has_split(source: SourceConfig, split: str) -> bool:
-    return _local_layout(source.data_dir, split) is not None
+    if is_url(source.data_dir) or os.path.isfile(os.path.join(source.data_dir, SHARD_INDEX)):
+        try:
+            return shard_folder(source.data_dir, split) is not None
+        except UserError:
+            return False
+    return _local_layout(source.data_dir, split) is not None or shard_folder(source.data_dir, split) is not None
 
 
 def _load_local(source: SourceConfig, split: str, streaming: bool) -> RowSource:
     data_dir = source.data_dir
+    shards = shard_folder(data_dir, split)  # python -m train_loop.shard's output (a folder or a URL)
+    if shards is not None:
+        return load_shards(*shards, source.cache_dir, streaming)
+    if is_url(data_dir):
+        raise UserError(f"--data_dir {data_dir}: no shard index (index.json) of split '{split}' there or in "
+                        f"{data_dir.rstrip('/')}/{split}; a URL must point at python -m train_loop.shard's output")
     if not os.path.isdir(data_dir):
         what = "a file, not a folder" if os.path.exists(data_dir) else "no such folder"
         raise UserError(f"--data_dir {data_dir}: {what}")
@@ -272,6 +287,71 @@ def _known_hub_size(table: datasets.IterableDataset, split: str) -> int | None:
     splits = getattr(table.info, "splits", None) or {}
     info = splits.get(split) if hasattr(splits, "get") else None
     return int(info.num_examples) if info and info.num_examples else None
+
+
+# --------------------------------------------------------------------------------------------
+# Shard folders (written by shards.py): one split as Parquet files and an index
+# --------------------------------------------------------------------------------------------
+
+
+def is_url(path: str) -> bool:
+    return "://" in path
+
+
+def _read_index(location: str) -> dict | None:
+    """A shard folder's index (local or URL), or None when there is none."""
+    path = f"{location.rstrip('/')}/{SHARD_INDEX}"
+    if is_url(location):
+        import fsspec
+
+        try:
+            with fsspec.open(path, "r", encoding="utf-8") as handle:
+                index = json.load(handle)
+        except FileNotFoundError:
+            return None
+        except Exception as err:
+            raise UserError(f"--data_dir {location}: {SHARD_INDEX} could not be read ({str(err).strip() or type(err).__name__})"
+                            "; check the URL and your access") from None
+    elif os.path.isfile(path):
+        with open(path, encoding="utf-8") as handle:
+            index = json.load(handle)
+    else:
+        return None
+    return index if index.get("format") == SHARD_FORMAT else None
+
+
+def shard_folder(location: str, split: str) -> tuple[str, dict] | None:
+    """(folder, index) of ``split``'s shards: ``location`` itself when its index is of that split,
+    or ``location/split``; None when neither holds shards."""
+    own = _read_index(location)
+    if own is not None and own["split"] == split:
+        return location, own
+    nested = f"{location.rstrip('/')}/{split}"
+    inner = _read_index(nested)
+    if inner is not None:
+        return nested, inner
+    if own is not None:
+        raise UserError(f"--data_dir {location} holds the shards of split '{own['split']}', not '{split}'; shard "
+                        f"'{split}' too (python -m train_loop.shard ... --split {split}) into {location}/{split}, "
+                        "or fix the split flag")
+    return None
+
+
+def load_shards(folder: str, index: dict, cache_dir: str | None, streaming: bool) -> RowSource:
+    files = [f"{folder.rstrip('/')}/{shard['file']}" for shard in index["shards"]]
+    if not files:
+        raise UserError(f"--data_dir {folder}: the shard index lists no shards")
+    if not is_url(folder):
+        missing = [path for path in files if not os.path.isfile(path)]
+        if missing:
+            raise UserError(f"--data_dir {folder}: {len(missing)} shard file(s) of {SHARD_INDEX} are missing, e.g. "
+                            f"{missing[0]}; copy the whole folder")
+    table = datasets.load_dataset("parquet", data_files=files, split="train", streaming=streaming,
+                                  cache_dir=cache_dir)
+    table = table.select_columns(["id", "audio", "text", "speaker"])  # duration is in the index, not needed here
+    return RowSource(name=f"{folder} ({len(files)} shards)", split=index["split"], rows=table,
+                     fingerprint=index["fingerprint"], num_rows=index["rows"],
+                     dropped={reason: [""] * count for reason, count in index.get("skipped", {}).items()})
 
 
 # --------------------------------------------------------------------------------------------
