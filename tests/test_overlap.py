@@ -99,3 +99,21 @@ def test_training_on_validated_reports_every_reason(tmp_path, tiny_model_dir, ca
     assert "validated: left out 3 clip in dev/test, 2 speaker in dev/test, 1 sentence in dev/test" in out
     assert "validated: 10 clips, 4 used, 6 skipped (3 clip in dev/test, 2 speaker in dev/test, " \
            "1 sentence in dev/test)" in out
+
+
+@pytest.mark.unit
+def test_stats_prints_the_leak_counts_the_hours_left_and_speakers(tmp_path):
+    from train_loop.stats import main as stats_main
+
+    data = write_cv(tmp_path / "be")
+    import contextlib
+    import io
+
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert stats_main(["--data_dir", str(data), "--splits", "validated,validation,test"]) == 0
+    out = printed.getvalue()
+    assert ("shared with validation + test: 3 clip in dev/test, 2 speaker in dev/test, 1 sentence in dev/test; "
+            "as a training split it keeps 4 clips, 0.00 hours") in out
+    assert "speakers: 6; clips per speaker: p5 1  p50 2  p95 2  p99 2  max 2" in out
+    assert out.count("shared with") == 1  # the held-out splits are not checked against themselves

@@ -44,6 +44,10 @@ class StatsConfig:
         "input with its special tokens (<|startofprev|>, timestamps, <|nocaptions|>) and which tokens "
         "carry loss. Needs --model; honours the packing flags (--pack_to_window ...).", check=at_least(0))
     seed: int = flag(42, "--show_examples: the training run's --seed (the order and draws of the examples).")
+    held_out_splits: str = flag(
+        "validation,test", "Splits a training run evaluates and tests on: every other split is checked against them "
+        "as training checks its training split (clips sharing a speaker, a normalized sentence or a file are counted, "
+        "with the hours left). 'none' skips the check.")
 
 
 # --model (or --model_name_or_path): the Whisper whose processor tokenizes the labels; it adds label
@@ -76,10 +80,36 @@ def dataset_statistics(options: StatsConfig, source: SourceConfig, filters: Filt
     measure = (_Prepared(source, filters, saved) if saved.model
                else _DecodedOnly(source, filters))
     blocks = [measure.header()]
-    for split in [s.strip() for s in options.splits.split(",") if s.strip()]:
+    splits = [s.strip() for s in options.splits.split(",") if s.strip()]
+    held_out, held_names = _held_out(source, options.held_out_splits, splits)
+    for split in splits:
         rows = load_rows(source, split)
-        blocks.append(_describe(split, rows.name, *measure(rows)))
+        reasons = None
+        if held_out.splits and split not in held_names:
+            from .data.overlap import clip_reasons
+
+            reasons = clip_reasons(rows.rows, held_out)
+        blocks.append(_describe(split, rows.name, *measure(rows), speakers=list(rows.rows["speaker"]),
+                                held_out=(held_names, reasons) if reasons is not None else None))
     return "\n\n".join(blocks)
+
+
+def _held_out(source: SourceConfig, held_out_splits: str, splits: list[str]):
+    """The rows of the held-out splits that exist (as training collects them), and their names."""
+    from .core.text import get_normalizer
+    from .data.overlap import HeldOut
+    from .data.sources import has_split, load_rows, split_names
+    from .evaluation.config import ScoringConfig
+
+    held_out = HeldOut(get_normalizer(ScoringConfig().eval_normalizer))
+    if held_out_splits.strip().lower() == "none":
+        return held_out, []
+    names = [s.strip() for s in held_out_splits.split(",") if s.strip()]
+    names = [name for name in names if name in splits or has_split(source, name)]
+    for name in names:
+        for part in split_names(name):
+            held_out.add(load_rows(source, part))
+    return held_out, names
 
 
 def training_examples(options: StatsConfig, source: SourceConfig, filters: FilterConfig, packing: PackingConfig,
@@ -218,7 +248,8 @@ def _measure_batch(batch: dict[str, list]) -> dict[str, list]:
     return out
 
 
-def _describe(split: str, name: str, meta: dict, report, filters) -> str:
+def _describe(split: str, name: str, meta: dict, report, filters, speakers: list[str] | None = None,
+              held_out: tuple[list[str], list[str]] | None = None) -> str:
     # Clips longer than the model's window decode fine: they count in hours and percentiles.
     decodable = [i for i, reason in enumerate(meta["skip_reason"]) if reason in ("", SKIP_OVER_WINDOW)]
     durations = np.asarray(meta["duration"], dtype=np.float64)[decodable]
@@ -247,7 +278,39 @@ def _describe(split: str, name: str, meta: dict, report, filters) -> str:
             lines.append("  e.g. " + "; ".join(report.examples))
     else:
         lines.append("  training would drop none")
+    if speakers is not None:
+        lines.append(_speaker_line(speakers))
+    if held_out is not None:
+        lines.append(_held_out_line(*held_out, meta, filters))
     return "\n".join(lines)
+
+
+def _speaker_line(speakers: list[str]) -> str:
+    named = [speaker for speaker in speakers if speaker]
+    if not named:
+        return "  speakers: unknown (no speaker column; --speaker_column_name)"
+    from collections import Counter
+
+    per_speaker = np.asarray(sorted(Counter(named).values()), dtype=np.float64)
+    line = (f"  speakers: {len(per_speaker):,}; clips per speaker: {_percentiles(per_speaker, '{:.0f}')}  "
+            f"max {per_speaker.max():.0f}")
+    if len(named) < len(speakers):
+        line += f" ({len(speakers) - len(named):,} clips without a speaker)"
+    return line
+
+
+def _held_out_line(held_names: list[str], reasons: list[str], meta: dict, filters) -> str:
+    from .data.features import SKIP_OVER_WINDOW
+    from .data.overlap import HELD_OUT_REASONS
+
+    counts = {reason: reasons.count(reason) for reason in HELD_OUT_REASONS}
+    found = ", ".join(f"{count:,} {reason}" for reason, count in counts.items() if count) or "none"
+    kept = [i for i, reason in enumerate(reasons) if not reason and meta["skip_reason"][i] in ("", SKIP_OVER_WINDOW)
+            and not filters.reason(float(meta["duration"][i]),
+                                   0 if meta["label_tokens"] is None else int(meta["label_tokens"][i]))]
+    hours = float(np.sum(np.asarray(meta["duration"], dtype=np.float64)[kept])) / 3600 if kept else 0.0
+    return (f"  shared with {' + '.join(held_names)}: {found}; as a training split it keeps {len(kept):,} clips, "
+            f"{hours:.2f} hours (after the filters; --allow_eval_overlap keeps the shared ones)")
 
 
 def _percentiles(values: np.ndarray, fmt: str) -> str:

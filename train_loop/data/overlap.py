@@ -88,6 +88,11 @@ def _columns(rows: datasets.Dataset | datasets.IterableDataset) -> Iterable[tupl
         yield row["audio"], row["text"], row.get("speaker", "")
 
 
+def clip_reasons(rows: datasets.Dataset, held_out: HeldOut) -> list[str]:
+    """Each row's reason to be left out of training ("" to keep it), in row order."""
+    return [held_out.reason(audio, text, speaker) for audio, text, speaker in _columns(rows)]
+
+
 @dataclass
 class Exclusion:
     """What ``exclude_held_out`` found in one training source."""
