@@ -55,8 +55,10 @@ def test_validated_minus_dev_and_test_by_speaker_sentence_and_file(tmp_path):
     held_out = collect_held_out([(source, "validation"), (source, "test")], get_normalizer("belarusian"))
     exclusion = exclude_held_out(load_rows(source, "validated"), held_out, allow_overlap=False)
     assert dict(exclusion.counts) == EXPECTED
-    assert sorted(exclusion.rows.rows["id"]) == sorted(f"validated/{path}" for _, path, _, why in MORE if not why)
-    assert {reason: len(lines) for reason, lines in exclusion.rows.dropped.items()} == EXPECTED
+    kept = exclusion.selected()  # what a stream reads; a prepared split leaves the same rows out after preparing
+    assert sorted(kept.rows["id"]) == sorted(f"validated/{path}" for _, path, _, why in MORE if not why)
+    assert {reason: len(lines) for reason, lines in kept.dropped.items()} == EXPECTED
+    assert exclusion.rows.num_rows == 10 and exclusion.reasons.count("") == 4
     assert "left out 3 clip in dev/test, 2 speaker in dev/test, 1 sentence in dev/test" in exclusion.summary()
 
 
@@ -66,7 +68,7 @@ def test_allow_eval_overlap_counts_and_keeps(tmp_path):
     held_out = collect_held_out([(source, "validation"), (source, "test")], get_normalizer("belarusian"))
     exclusion = exclude_held_out(load_rows(source, "validated"), held_out, allow_overlap=True)
     assert dict(exclusion.counts) == EXPECTED
-    assert exclusion.rows.num_rows == len(DEV + TEST + MORE) and not exclusion.rows.dropped
+    assert exclusion.selected().num_rows == len(DEV + TEST + MORE) and not exclusion.selected().dropped
     assert exclusion.summary().startswith("warning: validated: 3 clip in dev/test")
 
 
@@ -99,6 +101,28 @@ def test_training_on_validated_reports_every_reason(tmp_path, tiny_model_dir, ca
     assert "validated: left out 3 clip in dev/test, 2 speaker in dev/test, 1 sentence in dev/test" in out
     assert "validated: 10 clips, 4 used, 6 skipped (3 clip in dev/test, 2 speaker in dev/test, " \
            "1 sentence in dev/test)" in out
+    # The prepared features cover every row: another evaluation split or --allow_eval_overlap reuses them.
+    assert main(train_args(tiny_model_dir, data, tmp_path / "again", tmp_path / "cache", train_split_name="validated",
+                           allow_eval_overlap="true", max_steps=1)) == 0
+    out = capsys.readouterr().out
+    assert "Preparing validated" not in out and "warning: validated: 3 clip in dev/test" in out
+    assert "validated: 10 clips, none skipped" in out
+
+
+def test_streaming_and_packing_leave_out_the_same_clips(tmp_path, tiny_model_dir, capsys):
+    from train_loop.main import main
+
+    data = write_cv(tmp_path / "be")
+    for mode, flags in (("streaming", {"streaming": "true"}), ("packed", {"pack_to_window": "true",
+                                                                           "speech_bounds": "file"})):
+        args = train_args(tiny_model_dir, data, tmp_path / mode, tmp_path / "cache", train_split_name="validated",
+                          allow_eval_overlap="false", max_steps=2, **flags)
+        assert main(args) == 0, mode
+        out = capsys.readouterr().out
+        if mode == "packed":
+            assert "validated: 10 clips, 4 used, 6 skipped (3 clip in dev/test" in out
+        else:  # a stream counts the kept rows it reads; the left-out ones are counted at the start
+            assert "validated: left out 3 clip in dev/test, 2 speaker in dev/test, 1 sentence in dev/test" in out
 
 
 @pytest.mark.unit

@@ -91,31 +91,32 @@ class Split:
 
 
 def open_split(source: SourceConfig, data: DataConfig, processor, accelerator, split: str, filters: Filters, *,
-               streaming: bool, max_rows: int | None, eval_normalizer: str, rows: RowSource | None = None) -> Split:
-    """Read ``split``'s rows (unless given); unless streaming, prepare its features (once per node, cached)."""
+               streaming: bool, max_rows: int | None, eval_normalizer: str,
+               exclusion: Exclusion | None = None) -> Split:
+    """Read ``split``'s rows (``exclusion``'s, when given: the training split's); unless streaming,
+    prepare its features (once per node, cached)."""
     featurizer = featurizer_for(processor, data, eval_normalizer)
-    rows = rows or load_rows(source, split, streaming=streaming)
+    if exclusion is None:
+        rows = load_rows(source, split, streaming=streaming)
+    else:  # a stream reads only the kept rows; a prepared split leaves the others out after preparing
+        rows = exclusion.selected() if streaming else exclusion.rows
     prepared = None
     if not streaming:
+        left_out = exclusion.reasons if exclusion is not None else None
         prepared = once_per_node(accelerator, lambda: prepare_split(
             rows, featurizer, filters, cache_root(source), source.preprocessing_num_workers,
-            cache_key(processor, data, eval_normalizer), max_rows=max_rows))
+            cache_key(processor, data, eval_normalizer), max_rows=max_rows, left_out=left_out))
         prepared.report.add_left_out(rows.dropped)
     return Split(rows, featurizer, collator_for(processor), filters, prepared,
                  pin_memory=accelerator.device.type == "cuda")
 
 
 def training_rows(source: SourceConfig, data: DataConfig, held_out: HeldOut | None, streaming: bool = False
-                  ) -> tuple[RowSource, Exclusion]:
-    """The training split's rows without those sharing a speaker, sentence or file with ``held_out``
-    (counted; with --allow_eval_overlap only counted)."""
+                  ) -> Exclusion:
+    """The training split's rows and which of them share a speaker, sentence or file with
+    ``held_out`` (left out, counted; with --allow_eval_overlap only counted: ``overlap.py``)."""
     rows = load_rows(source, data.train_split_name, streaming=streaming)
-    return _exclude(rows, held_out, data.allow_eval_overlap)
-
-
-def _exclude(rows: RowSource, held_out: HeldOut | None, allow_overlap: bool) -> tuple[RowSource, Exclusion]:
-    exclusion = exclude_held_out(rows, held_out or HeldOut(str), allow_overlap)
-    return exclusion.rows, exclusion
+    return exclude_held_out(rows, held_out or HeldOut(str), data.allow_eval_overlap)
 
 
 def build_train_batches(source: SourceConfig, data: DataConfig, filters: FilterConfig, processor, accelerator,
@@ -142,10 +143,10 @@ def build_clip_batches(source: SourceConfig, data: DataConfig, filters: FilterCo
                        *, batch_size: int, seed: int, eval_normalizer: str,
                        held_out: HeldOut | None = None, augment: Augmenter | None = None) -> TrainBatches:
     """One clip per example, prepared (cached features) or streamed (augmented with ``augment``)."""
-    rows, exclusion = training_rows(source, data, held_out, streaming=source.streaming)
+    exclusion = training_rows(source, data, held_out, streaming=source.streaming)
     split = open_split(source, data, processor, accelerator, data.train_split_name, train_filters(filters, processor),
                        streaming=source.streaming, max_rows=data.max_train_samples, eval_normalizer=eval_normalizer,
-                       rows=rows)
+                       exclusion=exclusion)
     workers = loader_workers(data, source.streaming, accelerator)
     rows = split.rows
     if augment is not None and split.prepared is not None:
@@ -189,10 +190,12 @@ def build_packed_batches(source: SourceConfig, data: DataConfig, filters: Filter
         raise UserError("--pack_to_window needs the whole split's index (durations, speech bounds and speakers "
                         "to fill windows): drop --streaming (packing decodes audio in the loader's workers anyway)")
     featurizer = featurizer_for(processor, data, eval_normalizer)
-    rows, exclusion = training_rows(source, data, held_out)
+    exclusion = training_rows(source, data, held_out)
+    rows = exclusion.rows
     index = once_per_node(accelerator, lambda: index_split(
         rows, featurizer, train_filters(filters, processor), packing.speech_bounds, cache_root(source),
-        source.preprocessing_num_workers, cache_key(processor, data, eval_normalizer), max_rows=data.max_train_samples))
+        source.preprocessing_num_workers, cache_key(processor, data, eval_normalizer), max_rows=data.max_train_samples,
+        left_out=exclusion.reasons))
     index.report.add_left_out(rows.dropped)
     prefix = [t for t in processor.tokenizer.prefix_tokens
               if t != processor.tokenizer.convert_tokens_to_ids("<|notimestamps|>")]

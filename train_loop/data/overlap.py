@@ -95,10 +95,15 @@ def clip_reasons(rows: datasets.Dataset, held_out: HeldOut) -> list[str]:
 
 @dataclass
 class Exclusion:
-    """What ``exclude_held_out`` found in one training source."""
+    """What ``exclude_held_out`` found in one training source.
 
-    rows: RowSource  # the rows to train on
-    counts: Counter  # reason -> rows sharing it with dev/test (all rows, known up front)
+    The rows stay as they were: a prepared split or a packing index is cached for all of them and
+    leaves out the positions ``reasons`` names (so another evaluation split, or
+    --allow_eval_overlap, needs no new preparation); ``selected`` gives the kept rows themselves."""
+
+    rows: RowSource
+    reasons: list[str] | None  # per row: its reason to be left out, "" to keep it; None: keep every row
+    counts: Counter  # reason -> rows sharing it with dev/test (for a stream: counted as read)
     kept_anyway: bool  # --allow_eval_overlap: counted, not dropped
 
     def summary(self) -> str:
@@ -110,33 +115,36 @@ class Exclusion:
                     "the evaluation numbers of this run are not held-out numbers")
         return f"{self.rows.split}: left out {found} (--allow_eval_overlap keeps them)"
 
+    def selected(self) -> RowSource:
+        """The kept rows, the left-out ones counted in ``dropped`` (the split's skip report)."""
+        if self.reasons is None or not any(self.reasons):
+            return self.rows
+        rows = self.rows
+        dropped = {reason: list(lines) for reason, lines in rows.dropped.items()}
+        for reason in filter(None, self.reasons):
+            dropped.setdefault(reason, []).append("")  # no detail: the examples stay for broken files
+        keep = [position for position, reason in enumerate(self.reasons) if not reason]
+        return RowSource(name=rows.name, split=rows.split, rows=rows.rows.select(keep),
+                         fingerprint=content_hash(rows.fingerprint, "held-out", content_hash(*self.reasons)),
+                         num_rows=len(keep), dropped=dropped)
+
 
 def exclude_held_out(rows: RowSource, held_out: HeldOut, allow_overlap: bool) -> Exclusion:
-    """``rows`` without those sharing a speaker, a sentence or a file with ``held_out``; each left
-    out row goes into ``rows.dropped`` (the split's skip report) under its reason. A stream's rows
-    are tagged instead and counted as they are read (``HELD_OUT_COLUMN``)."""
+    """Which of ``rows`` share a speaker, a sentence or a file with ``held_out``, and why. A
+    stream's rows are tagged instead and counted as they are read (``HELD_OUT_COLUMN``)."""
     if not held_out.splits:
-        return Exclusion(rows, Counter(), allow_overlap)
+        return Exclusion(rows, None, Counter(), allow_overlap)
     if not isinstance(rows.rows, datasets.Dataset):
         if allow_overlap:
-            return Exclusion(rows, Counter(), True)
+            return Exclusion(rows, None, Counter(), True)
         tagged = rows.rows.map(lambda row: {HELD_OUT_COLUMN: held_out.reason(row["audio"], row["text"],
                                                                               row.get("speaker", ""))})
-        return Exclusion(_replace(rows, tagged, held_out, {}), Counter(), False)
-    counts: Counter = Counter()
-    keep: list[int] = []
-    dropped: dict[str, list[str]] = {}
-    for position, (audio, text, speaker) in enumerate(_columns(rows.rows)):
-        reason = held_out.reason(audio, text, speaker)
-        if reason:
-            counts[reason] += 1
-            if not allow_overlap:
-                dropped.setdefault(reason, []).append("")  # no detail: the examples stay for broken files
-                continue
-        keep.append(position)
-    if allow_overlap or not counts:
-        return Exclusion(rows, counts, allow_overlap)
-    return Exclusion(_replace(rows, rows.rows.select(keep), held_out, dropped), counts, False)
+        return Exclusion(RowSource(name=rows.name, split=rows.split, rows=tagged, num_rows=rows.num_rows,
+                                   fingerprint=content_hash(rows.fingerprint, held_out.fingerprint()),
+                                   dropped=rows.dropped), None, Counter(), False)
+    reasons = clip_reasons(rows.rows, held_out)
+    counts = Counter(filter(None, reasons))
+    return Exclusion(rows, None if allow_overlap or not counts else reasons, counts, allow_overlap)
 
 
 def collect_held_out(parts: list[tuple[Any, str]], normalize: Callable[[str], str]) -> HeldOut:
@@ -145,13 +153,3 @@ def collect_held_out(parts: list[tuple[Any, str]], normalize: Callable[[str], st
     for source, split in parts:
         held_out.add(load_rows(source, split))
     return held_out
-
-
-def _replace(rows: RowSource, table, held_out: HeldOut, dropped: dict[str, list[str]]) -> RowSource:
-    merged = {reason: list(lines) for reason, lines in rows.dropped.items()}
-    for reason, lines in dropped.items():
-        merged.setdefault(reason, []).extend(lines)
-    num_rows = len(table) if isinstance(table, datasets.Dataset) else rows.num_rows
-    return RowSource(name=rows.name, split=rows.split, rows=table,
-                     fingerprint=content_hash(rows.fingerprint, held_out.fingerprint()), num_rows=num_rows,
-                     dropped=merged)

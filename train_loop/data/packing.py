@@ -146,8 +146,10 @@ class ClipIndex:
 
 
 def index_split(source: RowSource, featurizer: Featurizer, filters: Filters, bounds: str, cache_root: str,
-                num_proc: int, cache_key: str, max_rows: int | None = None) -> ClipIndex:
-    """Index ``source`` once (cached under ``cache_root``) and keep the clips ``filters`` allow."""
+                num_proc: int, cache_key: str, max_rows: int | None = None,
+                left_out: list[str] | None = None) -> ClipIndex:
+    """Index ``source`` once (cached under ``cache_root``) and keep the clips ``filters`` allow;
+    ``left_out`` names, per row, a reason to leave it out first ("" to keep it: overlap.py)."""
     rows = source.rows
     if max_rows is not None and max_rows < len(rows):
         rows = rows.select(range(max_rows))
@@ -168,6 +170,7 @@ def index_split(source: RowSource, featurizer: Featurizer, filters: Filters, bou
     keep = []
     for position, (reason, detail, duration, tokens) in enumerate(zip(
             meta["skip_reason"], meta["detail"], meta["duration"], meta["tokens"])):
+        reason = (left_out[position] if left_out else "") or reason
         if not reason and duration > window:
             reason = SKIP_OVER_WINDOW
         reason = reason or filters.reason(duration, prefix + len(tokens))

@@ -94,8 +94,10 @@ class PreparedSplit(torch.utils.data.Dataset):
 
 
 def prepare_split(source: RowSource, featurizer: Featurizer, filters: Filters, cache_root: str,
-                  num_proc: int, cache_key: str, max_rows: int | None = None) -> PreparedSplit:
-    """Featurize ``source`` once (cached on disk) and select the rows ``filters`` keep."""
+                  num_proc: int, cache_key: str, max_rows: int | None = None,
+                  left_out: list[str] | None = None) -> PreparedSplit:
+    """Featurize ``source`` once (cached on disk) and select the rows ``filters`` keep; ``left_out``
+    names, per row, a reason to leave it out before any filter ("" to keep it: overlap.py)."""
     rows = source.rows
     if max_rows is not None and max_rows < len(rows):
         rows = rows.select(range(max_rows))
@@ -115,7 +117,7 @@ def prepare_split(source: RowSource, featurizer: Featurizer, filters: Filters, c
     keep = []
     for position, (reason, detail, duration, label_tokens) in enumerate(zip(
             meta["skip_reason"], meta["detail"], meta["duration"], meta["label_tokens"])):
-        reason = reason or filters.reason(duration, label_tokens)
+        reason = (left_out[position] if left_out else "") or reason or filters.reason(duration, label_tokens)
         if reason:
             report.add(reason, detail if reason in (SKIP_UNREADABLE, SKIP_NONFINITE_FEATURES) else "")
         else:
