@@ -181,3 +181,14 @@ def test_a_mixed_run_on_two_processes_gives_the_numbers_of_one(mixed_run, mix_da
         [sorted(r["ids"]) for r in rows(mixed_run, "samples.jsonl")]  # the same clips in every step
     for a, b in zip(mine, theirs, strict=True):  # batches of 1 and 2 pad differently: float rounding only
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
+
+
+def test_packed_windows_mix_too(tiny_model_dir, mix_data, tmp_path):
+    be, en = mix_data
+    out = tmp_path / "packed"
+    run = {**RUN, "pack_to_window": "true", "speech_bounds": "file", "max_steps": 3, "save_steps": 0}
+    assert train_main.main(train_args(tiny_model_dir, be, out, tmp_path / "cache", mix_data_dir=str(en), **run)) == 0
+    last = [r for r in rows(out) if "loss" in r][-1]
+    assert last["mix_clips"][str(en)] > 0 and last["mix_clips"][str(be)] > 0
+    log = (out / "train.log").read_text(encoding="utf-8")
+    assert "windows per epoch" in log and "packing: " in log
