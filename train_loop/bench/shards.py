@@ -117,7 +117,7 @@ def timed(rows, decode: bool) -> tuple[int, float]:
 def run_benchmark(args: ShardBenchConfig) -> int:
     from ..data.config import SourceConfig
     from ..data.sources import load_rows
-    from ..shard import ShardConfig, shard
+    from ..data.shards import write_shards
 
     if not args.speech_dir:
         raise UserError("--speech_dir is required (an audiofolder with train/ wav files)")
@@ -126,8 +126,7 @@ def run_benchmark(args: ShardBenchConfig) -> int:
     shards_dir = os.path.join(work, "shards", "validated")
     shutil.rmtree(shards_dir, ignore_errors=True)  # a fresh sharding is what is timed
     started = time.perf_counter()
-    shard(ShardConfig(split="validated", output_dir=shards_dir, shard_size_mb=args.shard_size_mb),
-          SourceConfig(data_dir=cv))
+    write_shards(load_rows(SourceConfig(data_dir=cv), "validated"), shards_dir, args.shard_size_mb)  # as train_loop.shard
     shard_seconds = time.perf_counter() - started
     index = json.load(open(os.path.join(shards_dir, "index.json"), encoding="utf-8"))
     loose = load_rows(SourceConfig(data_dir=cv), "validated")
