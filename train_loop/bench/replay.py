@@ -6,7 +6,9 @@ Belarusian, one with ``--mix_data_dir`` English mixed in, both watched by the fo
     python -m train_loop.bench.replay --model PATH --data_dir be-speech --output_json replay.json
 
 The English speech (a replay set to train on and a disjoint guard set) is synthesized here with
-espeak-ng from generated sentences in several voices. Arms, each the ordinary training command
+espeak-ng: the replay set from sentences of a small grammar in several voices, the guard set from
+everyday sentences of other words (the parity check's) in two voices, so the guard measures
+English the replay did not teach. Arms, each the ordinary training command
 with the same model, steps, batch size and learning rate:
 
 * ``belarusian``: Belarusian only;
@@ -34,6 +36,7 @@ from dataclasses import dataclass
 from ..core.console import run_tool
 from ..core.errors import UserError
 from ..core.flags import at_least, between, flag, parse_sections
+from .parity import ENGLISH
 
 ARMS = ("belarusian", "replay")
 SUBJECTS = ["My brother", "The teacher", "Our neighbour", "A young girl", "The old man", "Her friend", "The doctor",
@@ -62,7 +65,8 @@ class ReplayBenchConfig:
     freeze_encoder: bool = flag(True, "Train the decoder only (on a CPU the encoder's backward doubles every step).")
     mix_weight: float = flag(0.2, "Replay arm: share of the examples that are English.", check=between(0.01, 0.9))
     english_train: int = flag(300, "English replay clips synthesized.", check=at_least(1))
-    english_guard: int = flag(40, "English guard clips synthesized (other sentences).", check=at_least(1))
+    english_guard: int = flag(40, "English guard clips synthesized (20 everyday sentences, two voices).",
+                              check=at_least(1))
     max_eval_samples: int = flag(80, "Belarusian test clips scored.", check=at_least(1))
     eval_batch_size: int = flag(16, "Clips per generation batch.", check=at_least(1))
     seed: int = flag(0, "Seed of both runs and of the English speech.")
@@ -78,8 +82,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def english_speech(root: str, train: int, guard: int, seed: int) -> str:
-    """train/ (replay) and validation/ (guard) with disjoint sentences, in audiofolder layout."""
-    marker = os.path.join(root, f".complete-{train}-{guard}-{seed}")
+    """train/ (replay: sentences generated from a small grammar) and validation/ (guard: everyday
+    sentences of other words, ``parity.ENGLISH``, in two voices), in audiofolder layout. The guard
+    shares no vocabulary template with the replay set, so it measures English that was not replayed."""
+    marker = os.path.join(root, f".complete-v2-{train}-{guard}-{seed}")
     if os.path.exists(marker):
         return root
     if shutil.which("espeak-ng") is None:
@@ -87,17 +93,18 @@ def english_speech(root: str, train: int, guard: int, seed: int) -> str:
     rng = random.Random(seed)
     every = [f"{s} {v} {o} {p}." for s in SUBJECTS for v in VERBS for o in OBJECTS for p in PLACES]
     rng.shuffle(every)
-    if train + guard > len(every):
-        raise UserError(f"--english_train + --english_guard: at most {len(every)} distinct sentences")
+    if train > len(every) or guard > 2 * len(ENGLISH):
+        raise UserError(f"--english_train: at most {len(every)}; --english_guard: at most {2 * len(ENGLISH)}")
+    guard_sentences = [ENGLISH[i % len(ENGLISH)] for i in range(guard)]
     jobs = []
-    for split, sentences in (("train", every[:train]), ("validation", every[train : train + guard])):
+    for split, sentences in (("train", every[:train]), ("validation", guard_sentences)):
         folder = os.path.join(root, split)
         os.makedirs(folder, exist_ok=True)
         with open(os.path.join(folder, "metadata.csv"), "w", encoding="utf-8", newline="") as handle:
             writer = csv.writer(handle)
             writer.writerow(["file_name", "sentence", "client_id"])
             for index, text in enumerate(sentences):
-                voice = rng.choice(VOICES)
+                voice = rng.choice(VOICES) if split == "train" else ("en-us", "en+f2")[index // len(ENGLISH) % 2]
                 name = f"en-{split}-{index:04d}.wav"
                 writer.writerow([name, text, f"en-{split}-{voice}"])
                 jobs.append(["espeak-ng", "-v", voice, "-s", str(rng.randint(140, 180)), "-w",
