@@ -132,10 +132,10 @@ def test_a_mixed_run_prints_its_plan_and_logs_clips_per_source(mixed_run, mix_da
 
 @pytest.mark.unit
 def test_mixed_examples_carry_their_own_language_token(tiny_model_dir, processor, mix_data, tmp_path):
+    from accelerate import Accelerator
+
     from train_loop.data.build import build_train_batches
     from train_loop.data.config import DataConfig, FilterConfig
-    from train_loop.training.config import TrainConfig  # noqa: F401  (the sections parse together)
-    from accelerate import Accelerator
 
     be, en = mix_data
     source = SourceConfig(data_dir=str(be), cache_dir=str(tmp_path))

@@ -9,8 +9,15 @@ from conftest import tone, train_args
 
 from train_loop.core.text import get_normalizer
 from train_loop.data.config import SourceConfig
-from train_loop.data.overlap import (HELD_OUT_COLUMN, SKIP_HELD_OUT_CLIP, SKIP_HELD_OUT_SENTENCE,
-                                     SKIP_HELD_OUT_SPEAKER, HeldOut, collect_held_out, exclude_held_out)
+from train_loop.data.overlap import (
+    HELD_OUT_COLUMN,
+    SKIP_HELD_OUT_CLIP,
+    SKIP_HELD_OUT_SENTENCE,
+    SKIP_HELD_OUT_SPEAKER,
+    HeldOut,
+    collect_held_out,
+    exclude_held_out,
+)
 from train_loop.data.sources import RowSource, load_rows
 
 COLUMNS = ["client_id", "path", "sentence_id", "sentence", "up_votes", "down_votes", "locale"]

@@ -10,7 +10,6 @@ import subprocess
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
 from conftest import SENTENCES, launch, train_args, write_audiofolder
 
 from train_loop import main as train_main
@@ -18,8 +17,7 @@ from train_loop import stats
 from train_loop.core.model import ASSETS
 from train_loop.data.collator import IGNORE_INDEX, SpeechCollator
 from train_loop.data.features import SkipReport
-from train_loop.data.packing import (ClipIndex, PackedBatchSampler, PackingPlan, WindowTokens,
-                                     plan_windows)
+from train_loop.data.packing import ClipIndex, PackedBatchSampler, PackingPlan, WindowTokens, plan_windows
 
 PACKED = {"pack_to_window": "true", "speech_bounds": "file", "timestamp_probability": 0.5,
           "prev_text_probability": 0.5, "no_speech_probability": 0.2}

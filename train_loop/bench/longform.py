@@ -24,16 +24,14 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass
 
 from ..core.console import run_tool
-from ..core.errors import UserError
 from ..core.flags import at_least, between, flag, parse_sections
+from .arms import require_model_and_speech, train_arm
 
 ARMS = ("utterance", "packed")
 
@@ -78,13 +76,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_benchmark(args: LongFormBenchConfig) -> int:
-    if not args.model:
-        raise UserError("--model is required: a Whisper folder in transformers format, e.g. the one "
-                        "../shared/fixtures/make_whisper.py OUT --size base builds")
-    if not args.data_dir or not os.path.isfile(os.path.join(args.data_dir, "test", "metadata.csv")):
-        raise UserError(f"--data_dir {args.data_dir}: expected train/ and test/ with metadata.csv; build it with "
-                        "python ../shared/fixtures/make_be_speech.py DIR --train 2400 --validation 0 --test 120 "
-                        "--rich-metadata --noise --speakers 12")
+    require_model_and_speech(args.model, args.data_dir)
     work = args.work_dir or tempfile.mkdtemp(prefix="longform-")
     os.makedirs(work, exist_ok=True)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -96,7 +88,7 @@ def run_benchmark(args: LongFormBenchConfig) -> int:
                      "prev_text_probability": args.prev_text_probability,
                      "no_speech_probability": args.no_speech_probability}
     for arm in ARMS:
-        results = train_arm(args, arm, os.path.join(work, arm))
+        results = arm_run(args, arm, os.path.join(work, arm))
         evaluations = results["evaluations"]
         if arm == "utterance":
             summary["zero_shot"] = arm_numbers(evaluations, 0)
@@ -114,7 +106,7 @@ def run_benchmark(args: LongFormBenchConfig) -> int:
     return 0
 
 
-def train_arm(args: LongFormBenchConfig, arm: str, run_dir: str) -> dict:
+def arm_run(args: LongFormBenchConfig, arm: str, run_dir: str) -> dict:
     flags = {
         "model_name_or_path": args.model, "data_dir": args.data_dir, "output_dir": run_dir,
         "cache_dir": os.path.join(os.path.dirname(run_dir), "cache"), "language": "be",
@@ -133,13 +125,7 @@ def train_arm(args: LongFormBenchConfig, arm: str, run_dir: str) -> dict:
         flags.update(pack_to_window="true", timestamp_probability=args.timestamp_probability,
                      prev_text_probability=args.prev_text_probability,
                      no_speech_probability=args.no_speech_probability)
-    shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run every time
-    argv = [item for key, value in flags.items() for item in (f"--{key}", str(value))]
-    print(f"[{arm}] python -m train_loop.main " + " ".join(argv), flush=True)
-    if subprocess.call([sys.executable, "-m", "train_loop.main", *argv]) != 0:  # as a user runs it
-        raise UserError(f"the {arm} arm's run failed; see its output above")
-    with open(os.path.join(run_dir, "results.json"), encoding="utf-8") as handle:
-        return json.load(handle)
+    return train_arm(arm, flags, run_dir)
 
 
 def arm_numbers(evaluations: list[dict], step: int) -> dict:

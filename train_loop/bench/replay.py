@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from ..core.console import run_tool
 from ..core.errors import UserError
 from ..core.flags import at_least, between, flag, parse_sections
+from .arms import require_model_and_speech, train_arm
 from .parity import ENGLISH
 
 ARMS = ("belarusian", "replay")
@@ -117,13 +118,7 @@ def english_speech(root: str, train: int, guard: int, seed: int) -> str:
 
 
 def run_benchmark(args: ReplayBenchConfig) -> int:
-    if not args.model:
-        raise UserError("--model is required: a Whisper folder in transformers format, e.g. the one "
-                        "../shared/fixtures/make_whisper.py OUT --size base builds")
-    if not args.data_dir or not os.path.isfile(os.path.join(args.data_dir, "test", "metadata.csv")):
-        raise UserError(f"--data_dir {args.data_dir}: expected train/ and test/ with metadata.csv; build it with "
-                        "python ../shared/fixtures/make_be_speech.py DIR --train 2400 --validation 0 --test 120 "
-                        "--rich-metadata --noise --speakers 6")
+    require_model_and_speech(args.model, args.data_dir)
     work = args.work_dir or tempfile.mkdtemp(prefix="replay-")
     os.makedirs(work, exist_ok=True)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -134,7 +129,7 @@ def run_benchmark(args: ReplayBenchConfig) -> int:
                      "freeze_encoder": args.freeze_encoder, "mix_weight": args.mix_weight,
                      "english_train_clips": args.english_train, "english_guard_clips": args.english_guard}
     for arm in ARMS:
-        results = train_arm(args, arm, os.path.join(work, arm), english)
+        results = arm_run(args, arm, os.path.join(work, arm), english)
         evaluations = results["evaluations"]
         if arm == ARMS[0]:
             summary["zero_shot"] = arm_numbers(evaluations, 0)
@@ -151,7 +146,7 @@ def run_benchmark(args: ReplayBenchConfig) -> int:
     return 0
 
 
-def train_arm(args: ReplayBenchConfig, arm: str, run_dir: str, english: str) -> dict:
+def arm_run(args: ReplayBenchConfig, arm: str, run_dir: str, english: str) -> dict:
     flags = {
         "model_name_or_path": args.model, "data_dir": args.data_dir, "output_dir": run_dir,
         "cache_dir": os.path.join(os.path.dirname(run_dir), "cache"), "language": "be",
@@ -169,13 +164,7 @@ def train_arm(args: ReplayBenchConfig, arm: str, run_dir: str, english: str) -> 
     }
     if arm == "replay":
         flags.update(mix_data_dir=english, mix_split_name="train", mix_language="en", mix_weight=args.mix_weight)
-    shutil.rmtree(run_dir, ignore_errors=True)
-    argv = [item for key, value in flags.items() for item in (f"--{key}", str(value))]
-    print(f"[{arm}] python -m train_loop.main " + " ".join(argv), flush=True)
-    if subprocess.call([sys.executable, "-m", "train_loop.main", *argv]) != 0:
-        raise UserError(f"the {arm} arm's run failed; see its output above")
-    with open(os.path.join(run_dir, "results.json"), encoding="utf-8") as handle:
-        return json.load(handle)
+    return train_arm(arm, flags, run_dir)
 
 
 def arm_numbers(evaluations: list[dict], step: int) -> dict:

@@ -116,8 +116,8 @@ def timed(rows, decode: bool) -> tuple[int, float]:
 
 def run_benchmark(args: ShardBenchConfig) -> int:
     from ..data.config import SourceConfig
-    from ..data.sources import load_rows
     from ..data.shards import write_shards
+    from ..data.sources import load_rows
 
     if not args.speech_dir:
         raise UserError("--speech_dir is required (an audiofolder with train/ wav files)")

@@ -26,9 +26,9 @@ from .augment import Augmenter
 from .collator import SpeechCollator
 from .config import DataConfig, FilterConfig, MixSource, PackingConfig, SourceConfig
 from .features import Featurizer, Filters, SkipReport, featurizer_for
+from .loaders import TrainBatches, loader_workers, make_loader
 from .mixing import MIX_SEED_STRIDE, MixedBatchSampler, MixedExamples
 from .overlap import Exclusion, HeldOut, exclude_held_out
-from .loaders import TrainBatches, loader_workers, make_loader
 from .packing import PackedBatchSampler, PackedWindows, PackingPlan, index_split
 from .prepared import PreparedSplit, cache_key, cache_root, prepare_split
 from .samplers import LengthGroupedBatchSampler, ShardedBatchSampler, eval_batches

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 import datasets
+import pyarrow as pa
 
 from .sources import RowSource, content_hash, load_rows
 
@@ -78,7 +79,7 @@ def _columns(rows: datasets.Dataset | datasets.IterableDataset) -> Iterable[tupl
     if isinstance(rows, datasets.Dataset):
         table = rows.select_columns(["audio", "text", "speaker"]).with_format("arrow")[:]
         audio = table.column("audio")
-        if audio.type == "string" or str(audio.type) == "string":
+        if pa.types.is_string(audio.type) or pa.types.is_large_string(audio.type):  # file paths
             names = audio.to_pylist()
         else:  # {"bytes", "path"}: read the paths only
             names = [{"path": path} for path in audio.combine_chunks().field("path").to_pylist()]

@@ -42,8 +42,15 @@ import torch
 
 from ..core.errors import UserError
 from .audio import SAMPLING_RATE, AudioDecodeError, decode_audio
-from .features import (SKIP_EMPTY_TEXT, SKIP_NONFINITE_FEATURES, SKIP_OVER_WINDOW, SKIP_UNREADABLE, Featurizer,
-                       Filters, SkipReport)
+from .features import (
+    SKIP_EMPTY_TEXT,
+    SKIP_NONFINITE_FEATURES,
+    SKIP_OVER_WINDOW,
+    SKIP_UNREADABLE,
+    Featurizer,
+    Filters,
+    SkipReport,
+)
 from .sources import RowSource, content_hash
 from .speech_bounds import SpeechBounds
 

@@ -24,7 +24,9 @@ from typing import Any
 import numpy as np
 
 from ..core.errors import UserError
-from .sources import SHARD_FORMAT as FORMAT, SHARD_INDEX as INDEX, RowSource, content_hash
+from .sources import SHARD_FORMAT as FORMAT
+from .sources import SHARD_INDEX as INDEX
+from .sources import RowSource, content_hash
 
 PROGRESS = "progress.json"
 SKIP_MISSING_AUDIO = "audio file missing or unreadable"

@@ -28,14 +28,14 @@ from ..core.processes import (
     zero_stage,
 )
 from ..core.text import get_normalizer
+from ..data.augment import augmenter_for
 from ..data.build import EvalSet, build_eval_set, build_train_batches
 from ..data.config import SourceConfig
 from ..data.loaders import TrainBatches, close_loader, steps_for_epochs
-from ..data.prepared import cache_root
 from ..data.longform import LongFormSet, build_long_recordings, read_long_recordings
-from ..data.augment import augmenter_for
 from ..data.mixing import items_of
 from ..data.overlap import HeldOut
+from ..data.prepared import cache_root
 from ..data.sources import has_split, load_rows, split_names
 from ..evaluation.config import eval_split_sets, metric_name
 from ..evaluation.generation import GenerationSettings
