@@ -78,7 +78,6 @@ def generated_noise(folder: str) -> str:
 
 
 def run_benchmark(args: AugmentBenchConfig) -> int:
-    import torch
     from torch.utils.data import DataLoader
 
     from ..core.model import load_processor
@@ -121,7 +120,6 @@ def run_benchmark(args: AugmentBenchConfig) -> int:
         with open(args.output_json, "w", encoding="utf-8") as handle:
             handle.write(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary), flush=True)
-    del torch
     return 0
 
 

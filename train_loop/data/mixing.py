@@ -20,11 +20,12 @@ the order too, so it needs no state in the checkpoint.
 
 from __future__ import annotations
 
-from collections import Counter
 from typing import Any, Iterator
 
 import numpy as np
 import torch
+
+from .samplers import process_slices
 
 MIX_SEED_STRIDE = 1_000_003  # source s draws its own order from seed + s * stride
 
@@ -58,7 +59,7 @@ class MixedBatchSampler(torch.utils.data.Sampler):
         self.epoch = self.start_batch = 0
         self._mixed: dict[int, list[tuple[int, Any]]] = {}
         self._lengths: list[dict[int, int]] = [{} for _ in samplers]  # source -> its epoch -> items
-        self._totals: dict[int, Counter] = {}
+        self._totals: dict[int, np.ndarray] = {}  # epoch -> _running_counts
 
     @property
     def global_batch_size(self) -> int:
@@ -104,29 +105,31 @@ class MixedBatchSampler(torch.utils.data.Sampler):
         self.epoch, self.start_batch = epoch, start_batch
 
     def __iter__(self) -> Iterator[list[tuple[int, Any]]]:
-        pairs = self.mixed(self.epoch)
-        lo = self.process_index * self.batch_size
-        for batch in range(self.start_batch, self.batches_per_epoch()):
-            first = batch * self.global_batch_size + lo
-            yield pairs[first : first + self.batch_size]
+        return process_slices(self.mixed(self.epoch), self.batch_size, self.num_processes, self.process_index,
+                              self.start_batch)
 
     def clips_drawn(self, epoch: int, batches_done: int) -> dict[str, int]:
         """Clips each source gave to training up to ``batches_done`` global batches into ``epoch``
-        (over all processes; the remainder an epoch leaves out is not counted)."""
-        total: Counter = Counter({name: 0 for name in self.names})
+        (over all processes; the remainder an epoch leaves out is not counted). Called for every
+        metrics row: each epoch is counted once, into running sums per global batch."""
+        total = np.zeros(len(self.names), dtype=np.int64)
         for earlier in range(epoch):
-            if earlier not in self._totals:
-                used = len(self.mixed(earlier)) // self.global_batch_size * self.global_batch_size
-                self._totals[earlier] = self._count(self.mixed(earlier)[:used])
-            total.update(self._totals[earlier])
-        total.update(self._count(self.mixed(epoch)[: batches_done * self.global_batch_size]))
-        return dict(total)
+            total += self._running_counts(earlier)[-1]
+        total += self._running_counts(epoch)[batches_done]
+        return {name: int(count) for name, count in zip(self.names, total)}
 
-    def _count(self, pairs: list[tuple[int, Any]]) -> Counter:
-        counts: Counter = Counter()
-        for source, item in pairs:
-            counts[self.names[source]] += clips_in(item)
-        return counts
+    def _running_counts(self, epoch: int) -> np.ndarray:
+        """(batches + 1, sources): clips per source in the epoch's first k global batches."""
+        if epoch not in self._totals:
+            pairs = self.mixed(epoch)
+            batches = len(pairs) // self.global_batch_size
+            per_pair = np.zeros((batches * self.global_batch_size, len(self.names)), dtype=np.int64)
+            for position, (source, item) in enumerate(pairs[: len(per_pair)]):
+                per_pair[position, source] = clips_in(item)
+            per_batch = per_pair.reshape(batches, self.global_batch_size, -1).sum(axis=1)
+            self._totals[epoch] = np.concatenate([np.zeros((1, len(self.names)), dtype=np.int64),
+                                                  np.cumsum(per_batch, axis=0)])
+        return self._totals[epoch]
 
 
 class MixedExamples(torch.utils.data.Dataset):

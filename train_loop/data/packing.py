@@ -51,6 +51,7 @@ from .features import (
     Filters,
     SkipReport,
 )
+from .samplers import process_slices
 from .sources import RowSource, content_hash
 from .speech_bounds import SpeechBounds
 
@@ -378,11 +379,8 @@ class PackedBatchSampler(torch.utils.data.Sampler):
         self.epoch, self.start_batch = epoch, start_batch
 
     def __iter__(self) -> Iterator[list[Window]]:
-        windows = self.windows(self.epoch)
-        lo = self.process_index * self.batch_size
-        for batch in range(self.start_batch, self.batches_per_epoch()):
-            first = batch * self.global_batch_size + lo
-            yield windows[first : first + self.batch_size]
+        return process_slices(self.windows(self.epoch), self.batch_size, self.num_processes, self.process_index,
+                              self.start_batch)
 
 
 class PackedWindows(torch.utils.data.Dataset):

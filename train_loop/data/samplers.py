@@ -62,6 +62,17 @@ class ShardedBatchSampler(torch.utils.data.Sampler):
             yield batches[batch, lo : lo + self.batch_size].tolist()
 
 
+def process_slices(items: list, batch_size: int, num_processes: int, process_index: int,
+                   start_batch: int) -> Iterator[list]:
+    """Process ``process_index``'s part of each global batch of ``items`` from ``start_batch`` on
+    (the contract of ``ShardedBatchSampler`` for samplers over windows or mixed pairs)."""
+    global_batch = batch_size * num_processes
+    lo = process_index * batch_size
+    for batch in range(start_batch, len(items) // global_batch):
+        first = batch * global_batch + lo
+        yield items[first : first + batch_size]
+
+
 class LengthGroupedBatchSampler(ShardedBatchSampler):
     """``--group_by_length``: batches of clips with similar transcript lengths, so the decoder
     pads less, in an order that is still shuffled and a pure function of (seed, epoch).
